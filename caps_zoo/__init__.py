@@ -1,0 +1,17 @@
+"""caps_zoo: capsule networks and recurrent canvas generators for Keras 3."""
+
+__version__ = "0.1.0"
+
+from caps_zoo import data, layers, losses, models  # noqa: E402  (models fill the registry)
+from caps_zoo.registry import create_model, list_models, load, load_metadata  # noqa: E402
+
+__all__ = [
+    "create_model",
+    "data",
+    "layers",
+    "list_models",
+    "load",
+    "load_metadata",
+    "losses",
+    "models",
+]

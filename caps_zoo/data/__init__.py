@@ -1,0 +1,140 @@
+"""The zoo's one data layer: ``tf.data`` pipelines of real image datasets.
+
+    ds = caps_zoo.data.load("mnist", "train", batch_size=128)
+
+Where the arrays come from, in order:
+
+1. ``$CAPS_ZOO_DATA/<name>.npz`` (Keras' npz layout: ``x_train``,
+   ``y_train``, ``x_test``, ``y_test``, uint8), for offline machines;
+2. Keras' own loader (its cache in ``~/.keras/datasets``, else a download);
+3. otherwise a ``DataUnavailableError`` that names both fixes.
+
+``mnist_sample`` is 1,000 real MNIST test images shipped inside the package
+(the first 1,000 of the test split), for the demo and fast tests.
+
+Images come out float32 in [0, 1], shape ``(28, 28, 1)``; labels int32.
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+DATA_ENV = "CAPS_ZOO_DATA"
+SAMPLE_PATH = Path(__file__).resolve().parent / "mnist_test_sample.npz"
+
+_KERAS_LOADERS = {
+    "mnist": lambda: __import__("keras").datasets.mnist.load_data(),
+    "fashion_mnist": lambda: __import__("keras").datasets.fashion_mnist.load_data(),
+}
+DATASETS = tuple(_KERAS_LOADERS) + ("mnist_sample",)
+SPLITS = ("train", "test")
+
+
+class DataUnavailableError(RuntimeError):
+    """Neither a local copy nor a download of the dataset could be had."""
+
+
+def _check(name, split):
+    if name not in DATASETS:
+        raise ValueError(f"Unknown dataset '{name}'; choose one of {', '.join(DATASETS)}.")
+    if split not in SPLITS:
+        raise ValueError(f"Unknown split '{split}'; choose one of {', '.join(SPLITS)}.")
+    if name == "mnist_sample" and split != "test":
+        raise ValueError("'mnist_sample' has only the 'test' split (real MNIST test images).")
+
+
+def _read_npz(path, split):
+    with np.load(path, allow_pickle=False) as archive:
+        return archive[f"x_{split}"], archive[f"y_{split}"]
+
+
+def load_arrays(name, split):
+    """``(images uint8 (n, 28, 28), labels uint8 (n,))`` of one split."""
+    _check(name, split)
+    if name == "mnist_sample":
+        return _read_npz(SAMPLE_PATH, split)
+    local_dir = os.environ.get(DATA_ENV)
+    if local_dir:
+        local_path = Path(local_dir) / f"{name}.npz"
+        if local_path.is_file():
+            return _read_npz(local_path, split)
+    try:
+        (x_train, y_train), (x_test, y_test) = _KERAS_LOADERS[name]()
+    except Exception as error:  # network errors come in many types
+        looked = f"'{local_dir}/{name}.npz' (not found)" if local_dir else f"${DATA_ENV} (unset)"
+        raise DataUnavailableError(
+            f"Could not load '{name}': no local copy at {looked}, and the Keras "
+            f"download failed ({type(error).__name__}: {error}). Either set {DATA_ENV} to a "
+            f"folder holding {name}.npz (Keras' npz layout: x_train, y_train, x_test, y_test), "
+            f"or connect to the internet so that keras.datasets.{name}.load_data() can "
+            "download it once into ~/.keras/datasets."
+        ) from error
+    return (x_train, y_train) if split == "train" else (x_test, y_test)
+
+
+def _random_shift(images, max_shift):
+    # Pad and crop back: a translation by up to max_shift pixels each way,
+    # filled with black, as in Sabour et al.
+    size = tf.shape(images)[1:3]
+    padded = tf.pad(images, [[0, 0], [max_shift, max_shift], [max_shift, max_shift], [0, 0]])
+    offsets = tf.random.uniform((2,), 0, 2 * max_shift + 1, dtype=tf.int32)
+    return tf.slice(padded, [0, offsets[0], offsets[1], 0], [-1, size[0], size[1], -1])
+
+
+def _shift_each(images, max_shift):
+    return tf.map_fn(
+        lambda image: _random_shift(image[None], max_shift)[0], images, parallel_iterations=16
+    )
+
+
+def load(
+    name="mnist",
+    split="train",
+    batch_size=128,
+    shuffle=None,
+    shift_pixels=None,
+    limit=None,
+    seed=None,
+    drop_remainder=False,
+    repeat=False,
+):
+    """A batched ``tf.data.Dataset`` of ``(images, labels)``.
+
+    Args:
+        name: ``mnist``, ``fashion_mnist`` or ``mnist_sample``.
+        split: ``train`` or ``test``.
+        shuffle: defaults to True for ``train``.
+        shift_pixels: random translation of up to this many pixels;
+            defaults to 2 for ``train`` (Sabour et al.), 0 otherwise.
+        limit: keep only the first ``limit`` examples (fast tests, subsets).
+        seed: makes shuffling and shifts repeatable.
+    """
+    images, labels = load_arrays(name, split)
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    training = split == "train"
+    shuffle = training if shuffle is None else shuffle
+    shift_pixels = (2 if training else 0) if shift_pixels is None else int(shift_pixels)
+    if shift_pixels < 0:
+        raise ValueError(f"shift_pixels must be >= 0, got {shift_pixels}.")
+
+    images = (images.astype("float32") / 255.0)[..., None]
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels.astype("int32")))
+    if shuffle:
+        dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    if shift_pixels:
+        dataset = dataset.map(
+            lambda x, y: (_shift_each(x, shift_pixels), y),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def num_examples(name, split, limit=None):
+    count = len(load_arrays(name, split)[1])
+    return count if limit is None else min(limit, count)

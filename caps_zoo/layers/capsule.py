@@ -1,0 +1,277 @@
+"""Capsule building blocks (Sabour, Frosst & Hinton 2017, "Dynamic Routing
+Between Capsules").
+
+Shapes follow one convention throughout: a capsule tensor is
+``(batch, num_capsules, capsule_dim)``.
+
+Routing runs in float32 even under a mixed precision policy: the softmax over
+parents and the squash non-linearity lose too much in bfloat16 (lengths near
+the margins 0.1 / 0.9 are what the loss looks at).
+"""
+
+import keras
+from keras import ops
+
+SQUASH_EPSILON = 1e-7
+
+
+@keras.saving.register_keras_serializable(package="caps_zoo")
+def squash(vectors, axis=-1):
+    """Squash non-linearity ``v = |s|^2 / (1 + |s|^2) * s / |s|``.
+
+    The norm is ``sqrt(|s|^2 + eps)``, so the value is 0 and the gradient is
+    finite (0) at the zero vector, where ``s / |s|`` would give NaN.
+    """
+    squared_norm = ops.sum(ops.square(vectors), axis=axis, keepdims=True)
+    scale = squared_norm / (1.0 + squared_norm) / ops.sqrt(squared_norm + SQUASH_EPSILON)
+    return vectors * scale
+
+
+def _check_rank(layer, shape, rank, what):
+    if len(shape) != rank:
+        raise ValueError(
+            f"{layer.__class__.__name__} '{layer.name}' expects {what} of rank {rank}, "
+            f"got shape {tuple(shape)}."
+        )
+
+
+@keras.saving.register_keras_serializable(package="caps_zoo")
+class PrimaryCaps(keras.layers.Layer):
+    """Convolution whose channels are grouped into capsules, then squashed.
+
+    Input ``(batch, height, width, channels)``; output
+    ``(batch, out_height * out_width * num_capsule_types, capsule_dim)``.
+    Capsules are ordered position-major (all types at one position, then the
+    next position), the order of a reshape of the NHWC convolution output.
+    """
+
+    def __init__(
+        self,
+        num_capsule_types=32,
+        capsule_dim=8,
+        kernel_size=9,
+        strides=2,
+        padding="valid",
+        kernel_initializer="glorot_uniform",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if num_capsule_types < 1 or capsule_dim < 1:
+            raise ValueError(
+                f"num_capsule_types and capsule_dim must be >= 1, got "
+                f"{num_capsule_types} and {capsule_dim}."
+            )
+        self.num_capsule_types = int(num_capsule_types)
+        self.capsule_dim = int(capsule_dim)
+        self.kernel_size = kernel_size
+        self.strides = strides
+        self.padding = padding
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.conv = keras.layers.Conv2D(
+            filters=self.num_capsule_types * self.capsule_dim,
+            kernel_size=kernel_size,
+            strides=strides,
+            padding=padding,
+            kernel_initializer=self.kernel_initializer,
+            dtype=self.dtype_policy,
+            name="conv",
+        )
+
+    def build(self, input_shape):
+        _check_rank(self, input_shape, 4, "images (batch, height, width, channels)")
+        self.conv.build(input_shape)
+
+    def call(self, inputs):
+        features = self.conv(inputs)
+        height, width = features.shape[1], features.shape[2]
+        capsules = ops.reshape(
+            features, (-1, height * width * self.num_capsule_types, self.capsule_dim)
+        )
+        return squash(ops.cast(capsules, "float32"))
+
+    def compute_output_shape(self, input_shape):
+        height, width = self.conv.compute_output_shape(input_shape)[1:3]
+        return (input_shape[0], height * width * self.num_capsule_types, self.capsule_dim)
+
+    def compute_output_spec(self, inputs):
+        shape = self.compute_output_shape(inputs.shape)
+        return keras.KerasTensor(shape, dtype="float32")
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_capsule_types=self.num_capsule_types,
+            capsule_dim=self.capsule_dim,
+            kernel_size=self.kernel_size,
+            strides=self.strides,
+            padding=self.padding,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="caps_zoo")
+class RoutingCaps(keras.layers.Layer):
+    """Fully connected capsule layer with dynamic routing by agreement.
+
+    Every input capsule ``i`` predicts every output capsule ``j``:
+    ``u_hat[j|i] = W[i, j] u[i]``. Routing logits ``b[i, j]`` start at zero,
+    per example, and for ``r`` iterations:
+
+        c[i, :] = softmax(b[i, :])        # over the parent capsules j
+        v[j]    = squash(sum_i c[i, j] u_hat[j|i])
+        b[i, j] += u_hat[j|i] . v[j]      # all but the last iteration
+
+    Args:
+        num_capsules: number of output (parent) capsules.
+        capsule_dim: dimension of each output capsule.
+        routing_iterations: ``r >= 1``; 1 is a uniform average (no routing).
+        kernel_initializer: default None, a normal init scaled by fan-in,
+            times ``init_scale``.
+        stop_gradient_in_routing: if True, gradients flow into ``u_hat`` only
+            through the last iteration; earlier iterations only decide the
+            coupling coefficients (as in several reference implementations;
+            cheaper and often more stable).
+    """
+
+    def __init__(
+        self,
+        num_capsules,
+        capsule_dim,
+        routing_iterations=3,
+        stop_gradient_in_routing=False,
+        kernel_initializer=None,
+        init_scale=1.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if int(routing_iterations) < 1:
+            raise ValueError(f"routing_iterations must be >= 1, got {routing_iterations}.")
+        if num_capsules < 1 or capsule_dim < 1:
+            raise ValueError(
+                f"num_capsules and capsule_dim must be >= 1, got {num_capsules} and {capsule_dim}."
+            )
+        self.num_capsules = int(num_capsules)
+        self.capsule_dim = int(capsule_dim)
+        self.routing_iterations = int(routing_iterations)
+        self.stop_gradient_in_routing = bool(stop_gradient_in_routing)
+        self.init_scale = float(init_scale)
+        # None: a normal init scaled to the layer's fan-in (see build).
+        self.kernel_initializer = (
+            None if kernel_initializer is None else keras.initializers.get(kernel_initializer)
+        )
+
+    def build(self, input_shape):
+        _check_rank(self, input_shape, 3, "capsules (batch, num_capsules, capsule_dim)")
+        self.num_input_capsules, self.input_capsule_dim = int(input_shape[1]), int(input_shape[2])
+        initializer = self.kernel_initializer
+        if initializer is None:
+            # With uniform first-pass coupling 1/num_capsules, s_j averages
+            # num_input_capsules predictions; this stddev gives |s_j| ~ |u_i|,
+            # so capsule lengths start away from 0, where squash's gradient
+            # vanishes (a fixed 0.01 leaves a second routing stage dead).
+            initializer = keras.initializers.RandomNormal(
+                stddev=self.init_scale
+                * self.num_capsules
+                / (self.num_input_capsules * self.capsule_dim) ** 0.5
+            )
+        # Stored (inputs, in_dim, parents * out_dim) so that the prediction
+        # step is one batched matmul over the input capsules.
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(
+                self.num_input_capsules,
+                self.input_capsule_dim,
+                self.num_capsules * self.capsule_dim,
+            ),
+            initializer=initializer,
+        )
+
+    def predictions(self, inputs):
+        """``u_hat`` laid out ``(input_capsules, batch, parents, parent_dim)``.
+
+        The input-capsule axis leads so that the matmul batches over it with
+        no transpose of the large ``u_hat`` tensor.
+        """
+        inputs = ops.cast(inputs, self.compute_dtype)
+        inputs_by_capsule = ops.transpose(inputs, (1, 0, 2))  # (i, b, d_in)
+        u_hat = ops.matmul(inputs_by_capsule, ops.cast(self.kernel, self.compute_dtype))
+        u_hat = ops.reshape(
+            u_hat, (self.num_input_capsules, -1, self.num_capsules, self.capsule_dim)
+        )
+        return ops.cast(u_hat, "float32")
+
+    def call(self, inputs):
+        u_hat = self.predictions(inputs)
+        u_hat_routing = ops.stop_gradient(u_hat) if self.stop_gradient_in_routing else u_hat
+        logits = ops.zeros(ops.shape(u_hat)[:3], dtype="float32")  # (i, b, j)
+        for iteration in range(self.routing_iterations):
+            last = iteration == self.routing_iterations - 1
+            u = u_hat if last else u_hat_routing
+            coupling = ops.softmax(logits, axis=-1)  # over parents j
+            outputs = squash(ops.sum(coupling[..., None] * u, axis=0))  # (b, j, d)
+            if not last:
+                logits = logits + ops.sum(u * outputs[None], axis=-1)
+        return outputs
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.num_capsules, self.capsule_dim)
+
+    def compute_output_spec(self, inputs):
+        return keras.KerasTensor(self.compute_output_shape(inputs.shape), dtype="float32")
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_capsules=self.num_capsules,
+            capsule_dim=self.capsule_dim,
+            routing_iterations=self.routing_iterations,
+            stop_gradient_in_routing=self.stop_gradient_in_routing,
+            init_scale=self.init_scale,
+            kernel_initializer=(
+                None
+                if self.kernel_initializer is None
+                else keras.initializers.serialize(self.kernel_initializer)
+            ),
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="caps_zoo")
+class Length(keras.layers.Layer):
+    """Capsule lengths ``|v|``: ``(batch, n, d) -> (batch, n)``, class scores."""
+
+    def call(self, capsules):
+        capsules = ops.cast(capsules, "float32")
+        return ops.sqrt(ops.sum(ops.square(capsules), axis=-1) + SQUASH_EPSILON)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1])
+
+    def compute_output_spec(self, capsules):
+        return keras.KerasTensor(self.compute_output_shape(capsules.shape), dtype="float32")
+
+
+@keras.saving.register_keras_serializable(package="caps_zoo")
+class Mask(keras.layers.Layer):
+    """Zero all capsules but one and flatten: the decoder's input.
+
+    ``call(capsules, labels=None)``: with integer ``labels`` (training) the
+    true class's capsule is kept; without, the longest capsule is.
+    Output ``(batch, n * d)``.
+    """
+
+    def call(self, capsules, labels=None):
+        capsules = ops.cast(capsules, "float32")
+        num_capsules = capsules.shape[1]
+        if labels is None:
+            labels = ops.argmax(ops.sum(ops.square(capsules), axis=-1), axis=-1)
+        mask = ops.one_hot(ops.cast(ops.reshape(labels, (-1,)), "int32"), num_capsules)
+        masked = capsules * mask[..., None]
+        return ops.reshape(masked, (-1, num_capsules * capsules.shape[2]))
+
+    def compute_output_shape(self, input_shape, labels_shape=None):
+        return (input_shape[0], input_shape[1] * input_shape[2])
+
+    def compute_output_spec(self, capsules, labels=None):
+        return keras.KerasTensor(self.compute_output_shape(capsules.shape), dtype="float32")

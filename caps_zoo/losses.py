@@ -1,0 +1,47 @@
+"""Losses shared by the capsule models.
+
+Each returns one value per example; models average them and decide how to
+scale for ``tf.distribute`` (see ``CapsuleNetwork.train_step``).
+"""
+
+from keras import ops
+
+MARGIN_POSITIVE = 0.9
+MARGIN_NEGATIVE = 0.1
+DOWNWEIGHT_ABSENT = 0.5
+RECONSTRUCTION_WEIGHT = 0.0005
+
+
+def margin_loss(
+    labels,
+    lengths,
+    m_plus=MARGIN_POSITIVE,
+    m_minus=MARGIN_NEGATIVE,
+    down_weight=DOWNWEIGHT_ABSENT,
+):
+    """Sabour et al. eq. 4, summed over classes: shape ``(batch,)``.
+
+    ``L_k = T_k max(0, m+ - |v_k|)^2 + lambda (1 - T_k) max(0, |v_k| - m-)^2``
+
+    Args:
+        labels: integer class ids ``(batch,)``, or a multi-hot / one-hot
+            ``(batch, classes)`` target (several digits present at once).
+        lengths: capsule lengths ``(batch, classes)``.
+    """
+    lengths = ops.cast(lengths, "float32")
+    if len(labels.shape) == 1:
+        targets = ops.one_hot(ops.cast(labels, "int32"), lengths.shape[-1])
+    else:
+        targets = ops.cast(labels, "float32")
+    present = targets * ops.square(ops.relu(m_plus - lengths))
+    absent = down_weight * (1.0 - targets) * ops.square(ops.relu(lengths - m_minus))
+    return ops.sum(present + absent, axis=-1)
+
+
+def reconstruction_loss(images, reconstructions, weight=RECONSTRUCTION_WEIGHT):
+    """Weighted sum of squared pixel errors per example: shape ``(batch,)``."""
+    images = ops.reshape(ops.cast(images, "float32"), (ops.shape(images)[0], -1))
+    reconstructions = ops.reshape(
+        ops.cast(reconstructions, "float32"), (ops.shape(reconstructions)[0], -1)
+    )
+    return weight * ops.sum(ops.square(images - reconstructions), axis=-1)

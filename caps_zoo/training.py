@@ -1,0 +1,156 @@
+"""Experiment config and the training loop every recipe calls.
+
+A run directory holds everything a run writes, and is what makes it
+resumable: ``backup/`` (``BackupAndRestore``: weights, optimizer, epoch),
+``log.csv`` (one row per epoch, appended across restarts),
+``snapshot.weights.npz`` (weights only, float16, rewritten every epoch: small
+enough to commit, so a run can move machines) and, once finished,
+``final.weights.npz`` and ``metrics.json``.
+"""
+
+import dataclasses
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from caps_zoo import data, registry
+from caps_zoo import weights as weights_io
+
+PRECISIONS = ("float32", "mixed_bfloat16")
+STRATEGIES = ("default", "mirrored")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    model: str = "capsnet"
+    dataset: str = "mnist"
+    epochs: int = 50
+    batch_size: int = 128
+    routing_iterations: tuple = None  # per routing stage; None: the model's default
+    precision: str = "float32"
+    strategy: str = "default"
+    output_dir: str = "runs/capsnet"
+    learning_rate: float = 1e-3
+    learning_rate_decay: float = 0.9  # per epoch, as in the reference CapsNet code
+    shift_pixels: int = 2
+    train_limit: int = None  # first N training examples (tests, quick runs)
+    test_limit: int = None
+    steps_per_epoch: int = None
+    init_weights: str = None  # start from these weights (e.g. a committed snapshot)
+    seed: int = 0
+    verbose: int = 1
+
+    def validate(self):
+        registry.get_spec(self.model)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got '{self.precision}'.")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got '{self.strategy}'.")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be >= 1.")
+        return self
+
+
+def make_strategy(name):
+    if name == "mirrored":
+        # All logical devices of the machine: GPUs, or CPUs split with
+        # tf.config.set_logical_device_configuration.
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = gpus or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
+    return tf.distribute.get_strategy()
+
+
+def build_model(config):
+    overrides = {}
+    if config.routing_iterations is not None:
+        overrides["routing_iterations"] = tuple(config.routing_iterations)
+    model = registry.create_model(config.model, **overrides)
+    if config.init_weights:
+        weights_io.load_weights(model, config.init_weights)
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+    # Create the optimizer's slots now, inside the strategy's scope: a
+    # custom train_step would otherwise create them in a replica context.
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+class WeightsSnapshot(keras.callbacks.Callback):
+    """Rewrites a float16 weights-only snapshot after every epoch."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+
+    def on_epoch_end(self, epoch, logs=None):
+        weights_io.save_weights(self.model, self.path, dtype="float16")
+
+
+def _machine():
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU" if not tf.config.list_physical_devices("GPU") else f"{platform.machine()}, GPU"
+
+
+def train(config):
+    """Train (or resume) one run; return the final test metrics dict."""
+    config.validate()
+    keras.mixed_precision.set_global_policy(config.precision)
+    keras.utils.set_random_seed(config.seed)
+    run_dir = Path(config.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+
+    strategy = make_strategy(config.strategy)
+    with strategy.scope():
+        model = build_model(config)
+
+    train_data = data.load(
+        config.dataset,
+        "train",
+        batch_size=config.batch_size,
+        shift_pixels=config.shift_pixels,
+        limit=config.train_limit,
+        seed=config.seed,
+    )
+    test_data = data.load(config.dataset, "test", batch_size=256, limit=config.test_limit)
+
+    def schedule(epoch, _):
+        return config.learning_rate * config.learning_rate_decay**epoch
+
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), save_freq="epoch"),
+        keras.callbacks.LearningRateScheduler(schedule),
+        keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True),
+        WeightsSnapshot(str(run_dir / "snapshot.weights.npz")),
+    ]
+    started = time.time()
+    history = model.fit(
+        train_data,
+        epochs=config.epochs,
+        steps_per_epoch=config.steps_per_epoch,
+        validation_data=test_data,
+        shuffle=False,  # the dataset shuffles itself
+        callbacks=callbacks,
+        verbose=config.verbose,
+    )
+    wall_seconds = time.time() - started
+    weights_io.save_weights(model, run_dir / "final.weights.npz", dtype="float16")
+    test_metrics = model.evaluate(test_data, return_dict=True, verbose=0)
+    metrics = {
+        "model": config.model,
+        "dataset": config.dataset,
+        "epochs": config.epochs,
+        "test": {k: float(v) for k, v in test_metrics.items()},
+        "history": {k: [float(x) for x in v] for k, v in history.history.items()},
+        "wall_seconds_this_process": round(wall_seconds, 1),
+        "precision": config.precision,
+        "strategy": config.strategy,
+        "replicas": strategy.num_replicas_in_sync,
+        "machine": _machine(),
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
