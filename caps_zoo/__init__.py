@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from caps_zoo import data, layers, losses, models  # noqa: E402  (models fill the registry)
+from caps_zoo import export  # noqa: E402
 from caps_zoo.registry import create_model, list_models, load, load_metadata  # noqa: E402
 
 __all__ = [

@@ -1,0 +1,92 @@
+"""SavedModel and TFLite exports give the Keras model's outputs on real MNIST images."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import caps_zoo
+from caps_zoo import export
+
+ATOL = 1e-5
+FLOAT_OUTPUTS = ("scores", "poses", "reconstruction")
+
+
+@pytest.fixture(scope="module", params=["capsnet", "deep_capsnet"])
+def case(request, tmp_path_factory):
+    """A random-init model, 8 real MNIST test images, its outputs and both exports."""
+    keras.utils.set_random_seed(0)
+    model = caps_zoo.create_model(request.param)
+    images, _ = next(iter(caps_zoo.data.load("mnist_sample", "test", batch_size=8)))
+    images = images.numpy()
+    expected = {name: value.numpy() for name, value in model(images).items()}
+    root = tmp_path_factory.mktemp(request.param)
+    return {
+        "model": model,
+        "images": images,
+        "expected": expected,
+        "export_dir": root / "serving",
+        "version_dir": export.export_saved_model(model, root / "serving"),
+        "tflite": export.export_tflite(model, root / f"{request.param}.tflite"),
+    }
+
+
+def assert_matches_keras(outputs, expected):
+    for name in FLOAT_OUTPUTS:
+        np.testing.assert_allclose(
+            np.asarray(outputs[name]), expected[name], atol=ATOL, rtol=0, err_msg=name
+        )
+    classes = np.asarray(outputs["classes"])
+    assert classes.dtype == np.int64
+    np.testing.assert_array_equal(classes, np.argmax(expected["scores"], axis=-1))
+
+
+def test_saved_model_versioned_layout(case):
+    version_dir = case["version_dir"]
+    assert version_dir == case["export_dir"] / case["model"].name / "1"
+    assert (version_dir / "saved_model.pb").is_file()
+    assert (version_dir / "variables").is_dir()
+    # Only the version is left: no staging directory for TF Serving to see.
+    assert [p.name for p in version_dir.parent.iterdir()] == ["1"]
+
+
+def test_saved_model_signatures(case):
+    loaded = tf.saved_model.load(str(case["version_dir"]))
+    assert {"classify", "serving_default"} <= set(loaded.signatures)
+    _, inputs = loaded.signatures["classify"].structured_input_signature
+    assert inputs["images"].shape.as_list() == [None, 28, 28, 1]
+    assert inputs["images"].dtype == tf.float32
+
+
+def test_saved_model_matches_keras(case):
+    classify = export.load_saved_model_signature(case["version_dir"])
+    outputs = classify(images=tf.constant(case["images"]))
+    assert set(outputs) == set(FLOAT_OUTPUTS) | {"classes"}
+    assert_matches_keras(outputs, case["expected"])
+    serving_default = export.load_saved_model_signature(case["version_dir"], "serving_default")
+    assert_matches_keras(serving_default(images=tf.constant(case["images"])), case["expected"])
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_tflite_matches_keras(case, batch):
+    outputs = export.tflite_predict(case["tflite"], case["images"][:batch])
+    expected = {name: value[:batch] for name, value in case["expected"].items()}
+    assert_matches_keras(outputs, expected)
+
+
+def test_refuses_to_overwrite_a_version(case, tmp_path):
+    model = case["model"]
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        export.export_saved_model(model, case["export_dir"])
+    version_dir = tmp_path / model.name / "1"
+    version_dir.mkdir(parents=True)
+    (version_dir / "stale.txt").write_text("old export")
+    assert export.export_saved_model(model, tmp_path, overwrite=True) == version_dir
+    assert (version_dir / "saved_model.pb").is_file()
+    assert not (version_dir / "stale.txt").exists()
+
+
+@pytest.mark.parametrize("version", [0, -1, 1.0, "1", True])
+def test_rejects_a_bad_version(case, tmp_path, version):
+    with pytest.raises(ValueError, match="positive int"):
+        export.export_saved_model(case["model"], tmp_path, version=version)
