@@ -28,27 +28,12 @@ SIGNATURE = "classify"
 
 
 def _classify_fn(model):
-    """The serving function: ``model(images)`` plus the predicted classes.
-
-    It repeats ``CapsuleNetwork.call`` (encode, lengths, decode the longest
-    capsule) rather than calling the model, for one reason: ``Mask`` picks the
-    longest capsule with ``keras.ops.argmax``, whose TensorFlow version guards
-    against -0.0 with a ``BitwiseAnd`` that is not a TFLite builtin (it would
-    need SELECT_TF_OPS, which the LiteRT interpreter does not ship). A sum of
-    squares is never -0.0, so ``tf.argmax`` over the same sum picks the same
-    capsule, and ``decode`` takes it as ``labels``.
-    """
+    """The serving function: ``model(images)`` plus the predicted classes."""
 
     def classify(images):
-        poses = model.encode(images, training=False)
-        scores = model.length(poses)
-        longest = tf.argmax(tf.reduce_sum(tf.square(poses), axis=-1), axis=-1)
-        return {
-            "scores": scores,
-            "poses": poses,
-            "reconstruction": model.decode(poses, longest),
-            "classes": tf.argmax(scores, axis=-1, output_type=tf.int64),
-        }
+        outputs = dict(model(images, training=False))
+        outputs["classes"] = tf.argmax(outputs["scores"], axis=-1, output_type=tf.int64)
+        return outputs
 
     return classify
 

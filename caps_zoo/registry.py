@@ -71,8 +71,8 @@ def get_spec(name):
     return _REGISTRY[name]
 
 
-def create_model(name, **overrides):
-    """A freshly initialised, built model."""
+def create_model(name, /, **overrides):
+    """A freshly initialised, built model (``overrides`` may include ``name``)."""
     return get_spec(name).builder(**overrides)
 
 
@@ -103,7 +103,7 @@ def load_metadata(name, tag="mnist"):
         return json.load(handle)
 
 
-def load(name, weights="mnist", **overrides):
+def load(name, /, weights="mnist", **overrides):
     """Build ``name`` and load ``weights``: a pretrained tag, a path, or None."""
     model = create_model(name, **overrides)
     if weights is None:

@@ -9,6 +9,7 @@ enough to commit, so a run can move machines) and, once finished,
 """
 
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -56,7 +57,13 @@ class TrainConfig:
         return self
 
 
+@functools.lru_cache(maxsize=None)
 def make_strategy(name):
+    """The named strategy, one instance per process.
+
+    Reused rather than rebuilt: two MirroredStrategy objects in one process
+    issue clashing collective-op keys (TF fails with a shape mismatch).
+    """
     if name == "mirrored":
         # All logical devices of the machine: GPUs, or CPUs split with
         # tf.config.set_logical_device_configuration.
@@ -95,8 +102,13 @@ def _machine():
     return f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU" if not tf.config.list_physical_devices("GPU") else f"{platform.machine()}, GPU"
 
 
-def train(config):
-    """Train (or resume) one run; return the final test metrics dict."""
+def train(config, callbacks=()):
+    """Train (or resume) one run; return the final test metrics dict.
+
+    A run killed part way resumes from its last finished epoch when called
+    again with the same ``output_dir``. Extra Keras ``callbacks`` are added
+    to the recipe's own.
+    """
     config.validate()
     keras.mixed_precision.set_global_policy(config.precision)
     keras.utils.set_random_seed(config.seed)
@@ -122,6 +134,7 @@ def train(config):
         return config.learning_rate * config.learning_rate_decay**epoch
 
     callbacks = [
+        *callbacks,
         keras.callbacks.BackupAndRestore(str(run_dir / "backup"), save_freq="epoch"),
         keras.callbacks.LearningRateScheduler(schedule),
         keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True),

@@ -10,6 +10,7 @@ the margins 0.1 / 0.9 are what the loss looks at).
 """
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 SQUASH_EPSILON = 1e-7
@@ -265,7 +266,10 @@ class Mask(keras.layers.Layer):
         capsules = ops.cast(capsules, "float32")
         num_capsules = capsules.shape[1]
         if labels is None:
-            labels = ops.argmax(ops.sum(ops.square(capsules), axis=-1), axis=-1)
+            # tf.argmax, not ops.argmax: Keras' TF version adds a -0.0 guard
+            # (BitwiseAnd) that is no TFLite builtin; a sum of squares is
+            # never -0.0.
+            labels = tf.argmax(ops.sum(ops.square(capsules), axis=-1), axis=-1)
         mask = ops.one_hot(ops.cast(ops.reshape(labels, (-1,)), "int32"), num_capsules)
         masked = capsules * mask[..., None]
         return ops.reshape(masked, (-1, num_capsules * capsules.shape[2]))

@@ -234,7 +234,7 @@ class CapsuleNetwork(keras.Model):
         return {metric.name: metric.result() for metric in self.metrics}
 
     def train_step(self, data):
-        images, labels = data
+        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
             outputs, margin, reconstruction = self._forward_with_losses(images, labels, training=True)
             loss = ops.mean(margin + reconstruction)
@@ -247,7 +247,7 @@ class CapsuleNetwork(keras.Model):
         return self._update_metrics(labels, outputs, margin, reconstruction)
 
     def test_step(self, data):
-        images, labels = data
+        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
         outputs, margin, reconstruction = self._forward_with_losses(images, labels, training=False)
         return self._update_metrics(labels, outputs, margin, reconstruction)
 

@@ -1,0 +1,79 @@
+import numpy as np
+import pytest
+
+import caps_zoo
+from caps_zoo import registry
+from caps_zoo import weights as weights_io
+
+
+@pytest.fixture(scope="module")
+def capsnet():
+    return caps_zoo.create_model("capsnet")
+
+
+def test_list_models_and_patterns():
+    assert {"capsnet", "deep_capsnet"} <= set(caps_zoo.list_models())
+    assert caps_zoo.list_models("deep*") == ["deep_capsnet"]
+    assert "capsnet" in caps_zoo.list_models(pretrained=True)
+
+
+def test_unknown_name_lists_close_matches():
+    with pytest.raises(KeyError) as error:
+        caps_zoo.load("deep_capnset")
+    assert "Did you mean 'deep_capsnet'" in str(error.value)
+    assert "Available: capsnet, deep_capsnet" in str(error.value)
+
+
+def test_unknown_pretrained_tag():
+    with pytest.raises(ValueError, match="no pretrained weights 'imagenet'.*'mnist'"):
+        caps_zoo.load("capsnet", weights="imagenet")
+
+
+def test_create_with_overrides_and_bad_overrides():
+    model = caps_zoo.create_model("deep_capsnet", routing_iterations=(1, 4), name="fast")
+    assert [s.routing_iterations for s in model.routing_stages] == [1, 4]
+    assert model.name == "fast"
+    with pytest.raises(ValueError, match="one entry per routing stage"):
+        caps_zoo.create_model("deep_capsnet", routing_iterations=(3,))
+
+
+def test_npz_round_trip_float16(capsnet, tmp_path):
+    path = weights_io.save_weights(capsnet, tmp_path / "m.weights.npz", dtype="float16")
+    loaded = caps_zoo.load("capsnet", weights=str(path))
+    for original, restored in zip(capsnet.weights, loaded.weights):
+        np.testing.assert_allclose(
+            restored.numpy(), original.numpy().astype("float16").astype("float32")
+        )
+
+
+def test_corrupt_weights_file_is_reported_and_model_unchanged(capsnet, tmp_path):
+    path = tmp_path / "bad.weights.npz"
+    good = weights_io.save_weights(capsnet, tmp_path / "good.weights.npz")
+    with open(good, "rb") as handle:
+        path.write_bytes(handle.read()[:5000])  # a truncated download
+    before = [w.numpy().copy() for w in capsnet.weights]
+    with pytest.raises(weights_io.WeightsError, match="corrupt"):
+        weights_io.load_weights(capsnet, path)
+    for value, variable in zip(before, capsnet.weights):
+        np.testing.assert_array_equal(value, variable.numpy())
+
+
+def test_mismatched_architecture_is_reported(capsnet, tmp_path):
+    path = weights_io.save_weights(capsnet, tmp_path / "capsnet.weights.npz")
+    with pytest.raises(weights_io.WeightsError, match="different architecture"):
+        caps_zoo.load("deep_capsnet", weights=str(path))
+    wide = caps_zoo.create_model("capsnet", decoder_units=(256, 1024))
+    with pytest.raises(weights_io.WeightsError, match=r"shape .* needs"):
+        weights_io.load_weights(wide, path)
+
+
+def test_missing_weights_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="No weights file"):
+        caps_zoo.load("capsnet", weights=str(tmp_path / "none.weights.npz"))
+
+
+def test_pretrained_files_are_where_the_registry_looks():
+    for name in caps_zoo.list_models(pretrained=True):
+        weights_path, metadata_path = registry.pretrained_paths(name, "mnist")
+        assert weights_path.is_file(), weights_path
+        assert metadata_path.is_file(), metadata_path

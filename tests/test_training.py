@@ -1,0 +1,137 @@
+"""Training under tf.distribute, and the recipe's run directory / resume."""
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import caps_zoo
+from caps_zoo import data, training
+
+RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "train_capsnet.py"
+
+
+def mirrored():
+    assert len(tf.config.list_logical_devices("CPU")) == 2, "conftest.py splits the CPU in two"
+    strategy = training.make_strategy("mirrored")
+    assert strategy.num_replicas_in_sync == 2
+    return strategy
+
+
+@pytest.mark.parametrize("name", ["capsnet", "deep_capsnet"])
+def test_mirrored_reports_the_real_unscaled_loss(name, sample_batch):
+    images, labels = sample_batch
+    strategy = mirrored()
+    with strategy.scope():
+        config = training.TrainConfig(model=name, learning_rate=0.0)  # weights stay put
+        model = training.build_model(config)
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(128)
+    history = model.fit(dataset, epochs=1, verbose=0, shuffle=False)
+    reported = history.history["loss"][0]
+
+    outputs, margin, reconstruction = model._forward_with_losses(images, labels, training=True)
+    expected = float(np.mean(margin + reconstruction))
+    # Two replicas: a loss divided by the replica count would read expected / 2.
+    assert reported == pytest.approx(expected, rel=1e-4)
+    accuracy = np.mean(np.argmax(outputs["scores"], axis=-1) == labels)
+    assert history.history["accuracy"][0] == pytest.approx(accuracy)
+
+
+def test_mirrored_step_equals_single_device_step(sample_batch):
+    images, labels = sample_batch[0][:32], sample_batch[1][:32]
+    keras.utils.set_random_seed(0)
+    initial = caps_zoo.create_model("capsnet").get_weights()
+
+    def one_step(strategy):
+        with strategy.scope():
+            model = caps_zoo.create_model("capsnet")
+            model.set_weights(initial)
+            model.compile(optimizer=keras.optimizers.SGD(0.1))
+            model.optimizer.build(model.trainable_variables)
+        dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(32)
+        model.fit(dataset, epochs=1, verbose=0, shuffle=False)
+        return model.get_weights()
+
+    single = one_step(tf.distribute.get_strategy())
+    distributed = one_step(mirrored())
+    moved = 0
+    for before, a, b in zip(initial, single, distributed):
+        np.testing.assert_allclose(b, a, atol=2e-5)
+        moved += not np.allclose(a, before)
+    assert moved > len(initial) // 2  # the step really changed the weights
+
+
+@pytest.fixture
+def tiny_mnist(tmp_path, monkeypatch):
+    """A CAPS_ZOO_DATA folder whose mnist.npz holds real MNIST test images."""
+    images, labels = data.load_arrays("mnist_sample", "test")
+    folder = tmp_path / "data"
+    folder.mkdir()
+    np.savez(
+        folder / "mnist.npz",
+        x_train=images[:256],
+        y_train=labels[:256],
+        x_test=images[256:384],
+        y_test=labels[256:384],
+    )
+    monkeypatch.setenv(data.DATA_ENV, str(folder))
+    return folder
+
+
+class Killed(Exception):
+    pass
+
+
+class KillAtEpoch(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise Killed
+
+
+def test_train_writes_run_dir_and_resumes_after_a_kill(tiny_mnist, tmp_path):
+    run_dir = tmp_path / "run"
+    config = training.TrainConfig(
+        model="capsnet", epochs=2, batch_size=64, output_dir=str(run_dir), verbose=0
+    )
+    with pytest.raises(Killed):
+        training.train(config, callbacks=[KillAtEpoch(1)])
+    assert not (run_dir / "metrics.json").exists()
+    metrics = training.train(config)  # the same call again resumes at epoch 1
+    log = (run_dir / "log.csv").read_text().strip().splitlines()
+    assert [row.split(",")[0] for row in log[1:]] == ["0", "1"]  # epoch 0 not repeated
+    assert json.loads((run_dir / "metrics.json").read_text())["test"] == metrics["test"]
+    assert 0 <= metrics["test"]["accuracy"] <= 1
+    restored = caps_zoo.load("capsnet", weights=str(run_dir / "snapshot.weights.npz"))
+    assert restored.count_params() == 8_215_568
+
+
+def test_recipe_cli_mirrored_deep_capsnet(tiny_mnist, tmp_path, monkeypatch, capsys):
+    run_dir = tmp_path / "run"
+    argv = [
+        str(RECIPE), "--model", "deep_capsnet", "--epochs", "1", "--batch-size", "64",
+        "--steps-per-epoch", "2", "--strategy", "mirrored", "--routing-iterations", "1", "2",
+        "--precision", "mixed_bfloat16", "--output-dir", str(run_dir), "--verbose", "0",
+    ]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(RECIPE), run_name="__main__")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["replicas"] == 2 and metrics["precision"] == "mixed_bfloat16"
+    assert np.isfinite(metrics["test"]["loss"])
+    assert json.loads((run_dir / "config.json").read_text())["routing_iterations"] == [1, 2]
+    assert '"accuracy"' in capsys.readouterr().out
+
+
+def test_bad_config_is_rejected():
+    with pytest.raises(ValueError, match="precision must be one of"):
+        training.TrainConfig(precision="float16").validate()
+    with pytest.raises(KeyError, match="Unknown model"):
+        training.TrainConfig(model="capsnett").validate()
