@@ -126,3 +126,17 @@ def load(name, /, weights="mnist", **overrides):
         pretrained_paths(name, weights)  # raises, naming the available tags
     weights_io.load_weights(model, path)
     return model
+
+
+def save_pretrained(model, name, tag, dtype="float16"):
+    """Write ``saved_models/<name>/<tag>.weights.npz`` (float16 by default)."""
+    weights_path, _ = pretrained_paths(name, tag)
+    weights_path.parent.mkdir(parents=True, exist_ok=True)
+    return weights_io.save_weights(model, weights_path, dtype=dtype)
+
+
+def write_metadata(name, tag, metadata):
+    """Write ``saved_models/<name>/<tag>.json`` beside the weights."""
+    _, metadata_path = pretrained_paths(name, tag)
+    metadata_path.write_text(json.dumps({"model": name, **metadata}, indent=2) + "\n")
+    return metadata_path
