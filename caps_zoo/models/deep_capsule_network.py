@@ -296,6 +296,9 @@ DEEP_CAPSNET_CONFIG = dict(
 def _build(name, defaults, overrides):
     model = CapsuleNetwork(name=overrides.pop("name", name), **{**defaults, **overrides})
     model.build()
+    # Compiled, like keras-hub's task models: evaluate() and fit() work at
+    # once; compile again to change the optimizer.
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
     return model
 
 
