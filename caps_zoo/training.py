@@ -43,6 +43,7 @@ class TrainConfig:
     test_limit: int = None
     steps_per_epoch: int = None
     init_weights: str = None  # start from these weights (e.g. a committed snapshot)
+    initial_epoch: int = 0  # with init_weights: the epoch to continue from (keeps the LR schedule)
     seed: int = 0
     verbose: int = 1
 
@@ -145,6 +146,7 @@ def train(config, callbacks=()):
         train_data,
         epochs=config.epochs,
         steps_per_epoch=config.steps_per_epoch,
+        initial_epoch=config.initial_epoch,
         validation_data=test_data,
         shuffle=False,  # the dataset shuffles itself
         callbacks=callbacks,

@@ -3,7 +3,11 @@
     python recipes/train_capsnet.py --model deep_capsnet --epochs 50 \
         --precision mixed_bfloat16 --output-dir ~/runs/deep_capsnet
 
-Run the same command again to resume from the last finished epoch.
+Run the same command again to resume from the last finished epoch. On a
+machine without the run directory, continue from committed weights:
+
+    python recipes/train_capsnet.py --model deep_capsnet ... \
+        --init-weights saved_models/deep_capsnet/mnist.weights.npz --initial-epoch 7
 """
 
 import argparse
@@ -35,6 +39,8 @@ def parse_args(argv=None):
     parser.add_argument("--test-limit", type=int)
     parser.add_argument("--steps-per-epoch", type=int)
     parser.add_argument("--init-weights", help="start from a weights file (e.g. a snapshot)")
+    parser.add_argument("--initial-epoch", type=int, default=0,
+                        help="with --init-weights: epochs already done (continues the LR schedule)")
     parser.add_argument("--logical-cpus", type=int, default=0,
                         help="split the CPU into N logical devices (for --strategy mirrored)")
     parser.add_argument("--verbose", type=int, default=1)

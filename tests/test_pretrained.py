@@ -18,3 +18,18 @@ def test_shipped_weights_reach_stated_accuracy_on_shipped_sample(name):
     assert metadata["test_accuracy"] > 0.98  # a trained model, not a random one
     for key in ("recipe_command", "data", "epochs_completed", "wall_hours", "machine"):
         assert metadata[key], key
+
+
+def test_bfloat16_inference_keeps_the_accuracy(sample_batch):
+    """Routing stays sound in mixed_bfloat16: same weights, same accuracy."""
+    import keras
+    import numpy as np
+
+    images, labels = sample_batch
+    accuracy = {}
+    for policy in ("float32", "mixed_bfloat16"):
+        keras.mixed_precision.set_global_policy(policy)
+        scores = caps_zoo.load("capsnet").predict(images, verbose=0)["scores"]
+        assert np.all(np.isfinite(scores))
+        accuracy[policy] = np.mean(np.argmax(scores, axis=-1) == labels)
+    assert abs(accuracy["mixed_bfloat16"] - accuracy["float32"]) <= 2 / len(labels)
