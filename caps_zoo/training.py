@@ -4,7 +4,8 @@ A run directory holds everything a run writes, and is what makes it
 resumable: ``backup/`` (``BackupAndRestore``: weights, optimizer, epoch),
 ``log.csv`` (one row per epoch, appended across restarts),
 ``snapshot.weights.npz`` (weights only, float16, rewritten every epoch: small
-enough to commit, so a run can move machines) and, once finished,
+enough to commit, so a run can move machines), ``progress.json`` (epochs
+done, training seconds over all restarts) and, once finished,
 ``final.weights.npz`` and ``metrics.json``.
 """
 
@@ -89,14 +90,27 @@ def build_model(config):
 
 
 class WeightsSnapshot(keras.callbacks.Callback):
-    """Rewrites a float16 weights-only snapshot after every epoch."""
+    """After every epoch: a float16 weights-only snapshot, and progress.json
+    with the epochs done and the training wall time summed over restarts."""
 
-    def __init__(self, path):
+    def __init__(self, run_dir):
         super().__init__()
-        self.path = path
+        self.path = Path(run_dir) / "snapshot.weights.npz"
+        self.progress_path = Path(run_dir) / "progress.json"
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_started = time.time()
 
     def on_epoch_end(self, epoch, logs=None):
         weights_io.save_weights(self.model, self.path, dtype="float16")
+        progress = {"epochs_completed": 0, "train_seconds": 0.0}
+        if self.progress_path.is_file():
+            progress = json.loads(self.progress_path.read_text())
+        progress["epochs_completed"] = epoch + 1
+        progress["train_seconds"] = round(
+            progress["train_seconds"] + time.time() - self.epoch_started, 1
+        )
+        self.progress_path.write_text(json.dumps(progress))
 
 
 def _machine():
@@ -139,7 +153,7 @@ def train(config, callbacks=()):
         keras.callbacks.BackupAndRestore(str(run_dir / "backup"), save_freq="epoch"),
         keras.callbacks.LearningRateScheduler(schedule),
         keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True),
-        WeightsSnapshot(str(run_dir / "snapshot.weights.npz")),
+        WeightsSnapshot(run_dir),
     ]
     started = time.time()
     history = model.fit(

@@ -2,7 +2,7 @@
 
     python recipes/ship_weights.py --run-dir ~/runs/deep_capsnet \
         --command "python recipes/train_capsnet.py --model deep_capsnet ..." \
-        --wall-hours 5.2
+        [--wall-hours 5.2]
 
 Takes ``final.weights.npz`` if the run finished, else its latest
 ``snapshot.weights.npz``; stores float16 and measures the test metrics with
@@ -29,8 +29,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--command", required=True, help="the training command of the run")
-    parser.add_argument("--wall-hours", type=float, required=True,
-                        help="training wall time so far (e.g. from ps -o etime)")
+    parser.add_argument("--wall-hours", type=float,
+                        help="training wall time so far; default: from the run's progress.json")
     parser.add_argument("--tag", default="mnist")
     parser.add_argument("--notes", default="")
     args = parser.parse_args(argv)
@@ -42,6 +42,13 @@ def main(argv=None):
     with open(run_dir / "log.csv") as handle:
         log = list(csv.DictReader(handle))
     epochs_completed = int(log[-1]["epoch"]) + 1
+
+    wall_hours = args.wall_hours
+    if wall_hours is None:
+        progress_path = run_dir / "progress.json"
+        if not progress_path.is_file():
+            parser.error(f"{progress_path} does not exist: pass --wall-hours")
+        wall_hours = round(json.loads(progress_path.read_text())["train_seconds"] / 3600, 2)
 
     model = caps_zoo.load(config["model"], weights=str(weights))
     # Store float16 first, then measure what users will actually load.
@@ -61,7 +68,7 @@ def main(argv=None):
         "precision": config["precision"],
         "batch_size": config["batch_size"],
         "routing_iterations": [s.routing_iterations for s in model.routing_stages],
-        "wall_hours": args.wall_hours,
+        "wall_hours": wall_hours,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (1 core pinned per run), no GPU",
         "test_accuracy": test["accuracy"],
         "test_loss": test["loss"],

@@ -110,6 +110,8 @@ def test_train_writes_run_dir_and_resumes_after_a_kill(tiny_mnist, tmp_path):
     assert [row.split(",")[0] for row in log[1:]] == ["0", "1"]  # epoch 0 not repeated
     assert json.loads((run_dir / "metrics.json").read_text())["test"] == metrics["test"]
     assert 0 <= metrics["test"]["accuracy"] <= 1
+    progress = json.loads((run_dir / "progress.json").read_text())
+    assert progress["epochs_completed"] == 2 and progress["train_seconds"] > 0
     restored = caps_zoo.load("capsnet", weights=str(run_dir / "snapshot.weights.npz"))
     assert restored.count_params() == 8_215_568
 
