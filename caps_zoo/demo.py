@@ -14,35 +14,7 @@ import numpy as np
 
 import caps_zoo
 from caps_zoo import data
-
-
-def reconstruction_grid(images, reconstructions, labels, predictions, path, columns=8):
-    """Save pairs (input | reconstruction) with true and predicted labels."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers
-    import matplotlib.pyplot as plt
-
-    rows = int(np.ceil(len(images) / columns))
-    figure, axes = plt.subplots(rows, 2 * columns, figsize=(2 * columns * 0.9, rows * 1.1))
-    axes = np.atleast_2d(axes)
-    for axis in axes.flat:
-        axis.axis("off")
-    for index, (image, recon, label, predicted) in enumerate(
-        zip(images, reconstructions, labels, predictions)
-    ):
-        row, column = divmod(index, columns)
-        left, right = axes[row, 2 * column], axes[row, 2 * column + 1]
-        left.imshow(image[..., 0], cmap="gray", vmin=0, vmax=1)
-        right.imshow(recon[..., 0], cmap="magma", vmin=0, vmax=1)
-        colour = "black" if label == predicted else "red"
-        left.set_title(f"true {label}", fontsize=7)
-        right.set_title(f"pred {predicted}", fontsize=7, color=colour)
-    figure.suptitle("inputs (gray) beside reconstructions from the predicted capsule", fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+from caps_zoo.plots import reconstruction_grid
 
 
 def run(model_name="deep_capsnet", output="reconstructions.png", examples=32):

@@ -1,0 +1,105 @@
+"""caps_zoo.plots: pose perturbations (Sabour et al. Fig. 4) and reconstruction grids,
+on the shipped pretrained capsnet and real MNIST test images."""
+
+import numpy as np
+import pytest
+
+import caps_zoo
+from caps_zoo import data, plots
+
+DELTAS = np.linspace(-0.25, 0.25, 11)
+ZERO = int(np.flatnonzero(DELTAS == 0)[0])
+
+
+@pytest.fixture(scope="module")
+def model():
+    return caps_zoo.load("capsnet")
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    images, labels = data.load_arrays("mnist_sample", "test")
+    return (images[:16].astype("float32") / 255.0)[..., None], labels[:16].astype("int32")
+
+
+def test_delta_zero_is_the_plain_reconstruction(model, mnist):
+    images, labels = mnist
+    grid = plots.perturbed_reconstructions(model, images[0], deltas=DELTAS)
+    assert grid.shape == (16, len(DELTAS), 28, 28)
+    assert grid.dtype == np.float32
+    # label=None decodes the predicted class, as model(images) does.
+    expected = np.asarray(model(images[:1])["reconstruction"])[0, ..., 0]
+    for row in grid[:, ZERO]:
+        np.testing.assert_allclose(row, expected, atol=1e-5, rtol=0)
+
+
+def test_given_label_decodes_that_capsule(model, mnist):
+    images, labels = mnist
+    label = (int(labels[0]) + 1) % 10  # not the true (nor, here, the predicted) class
+    grid = plots.perturbed_reconstructions(model, images[0], label=label, dims=[2, 7], deltas=[0.0, 0.1])
+    assert grid.shape == (2, 2, 28, 28)
+    poses = model.encode(images[:1])
+    expected = np.asarray(model.decode(poses, labels=np.array([label])))[0, ..., 0]
+    np.testing.assert_allclose(grid[0, 0], expected, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(grid[1, 0], expected, atol=1e-5, rtol=0)
+    plain = np.asarray(model(images[:1])["reconstruction"])[0, ..., 0]
+    assert np.abs(expected - plain).max() > 0.05  # another capsule draws another digit
+
+
+def test_different_deltas_give_different_images(model, mnist):
+    images, _ = mnist
+    # A 2-D image without the channel axis works too.
+    grid = plots.perturbed_reconstructions(model, images[1][..., 0], deltas=DELTAS)
+    for row in grid:  # every dimension changes the drawing ...
+        assert np.abs(row[0] - row[-1]).max() > 1e-3
+        for a, b in zip(row[:-1], row[1:]):  # ... at every step of 0.05
+            assert not np.array_equal(a, b)
+    # ... and differently: the rows at the largest delta are not all the same.
+    assert np.abs(grid[:, -1] - grid[0, -1]).max() > 1e-2
+
+
+def test_bad_arguments_are_rejected(model, mnist):
+    images, _ = mnist
+    with pytest.raises(ValueError, match="dims"):
+        plots.perturbed_reconstructions(model, images[0], dims=[16])
+    with pytest.raises(ValueError, match="label"):
+        plots.perturbed_reconstructions(model, images[0], label=10)
+    with pytest.raises(ValueError, match="shape"):
+        plots.perturbed_reconstructions(model, images[:2])
+
+
+def test_pose_perturbation_grid_writes_png(model, mnist, tmp_path):
+    import matplotlib.pyplot as plt
+
+    images, _ = mnist
+    path = tmp_path / "perturbations.png"
+    figure = plots.pose_perturbation_grid(model, images[0], path=path)
+    try:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert path.stat().st_size > 10_000
+        assert "class" in figure.axes[0].get_title()
+        assert len(figure.axes[0].get_xticklabels()) == 11
+        assert len(figure.axes[0].get_yticklabels()) == 16
+    finally:
+        plt.close(figure)
+    # Without a path: a figure, no file.
+    figure = plots.pose_perturbation_grid(model, images[0], dims=[0, 1], deltas=[-0.1, 0.1])
+    plt.close(figure)
+    assert [p.name for p in tmp_path.iterdir()] == ["perturbations.png"]
+
+
+def test_reconstruction_grid_writes_png(model, mnist, tmp_path):
+    images, labels = mnist
+    outputs = model.predict(images, verbose=0)
+    predictions = np.argmax(outputs["scores"], axis=-1)
+    path = tmp_path / "reconstructions.png"
+    returned = plots.reconstruction_grid(images, outputs["reconstruction"], labels, predictions, path)
+    assert returned == path
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert path.stat().st_size > 10_000
+
+
+def test_demo_uses_the_moved_function():
+    from caps_zoo import demo
+
+    assert demo.reconstruction_grid is plots.reconstruction_grid
