@@ -24,15 +24,24 @@ def margin_loss(
     ``L_k = T_k max(0, m+ - |v_k|)^2 + lambda (1 - T_k) max(0, |v_k| - m-)^2``
 
     Args:
-        labels: integer class ids ``(batch,)``, or a multi-hot / one-hot
-            ``(batch, classes)`` target (several digits present at once).
+        labels: integer class ids ``(batch,)`` or ``(batch, 1)``, or a
+            multi-hot / one-hot ``(batch, classes)`` target (several digits
+            present at once).
         lengths: capsule lengths ``(batch, classes)``.
     """
     lengths = ops.cast(lengths, "float32")
+    num_classes = lengths.shape[-1]
+    if len(labels.shape) == 2 and labels.shape[-1] == 1 and num_classes != 1:
+        labels = ops.reshape(labels, (-1,))
     if len(labels.shape) == 1:
-        targets = ops.one_hot(ops.cast(labels, "int32"), lengths.shape[-1])
-    else:
+        targets = ops.one_hot(ops.cast(labels, "int32"), num_classes)
+    elif len(labels.shape) == 2 and labels.shape[-1] == num_classes:
         targets = ops.cast(labels, "float32")
+    else:
+        raise ValueError(
+            f"labels must be class ids (batch,) or (batch, 1), or targets (batch, "
+            f"{num_classes}); got shape {tuple(labels.shape)}."
+        )
     present = targets * ops.square(ops.relu(m_plus - lengths))
     absent = down_weight * (1.0 - targets) * ops.square(ops.relu(lengths - m_minus))
     return ops.sum(present + absent, axis=-1)

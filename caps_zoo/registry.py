@@ -42,7 +42,7 @@ def register_model(paper, pretrained=(), name=None):
         model_name = name or builder.__name__
         if model_name in _REGISTRY:
             raise ValueError(f"Model '{model_name}' is registered twice.")
-        description = (builder.__doc__ or "").strip().splitlines()[0] if builder.__doc__ else ""
+        description = next(iter((builder.__doc__ or "").strip().splitlines()), "")
         _REGISTRY[model_name] = ModelSpec(
             model_name, builder, paper, tuple(pretrained), description
         )
@@ -105,11 +105,16 @@ def load_metadata(name, tag="mnist"):
 
 def load(name, /, weights="mnist", **overrides):
     """Build ``name`` and load ``weights``: a pretrained tag, a path, or None."""
-    model = create_model(name, **overrides)
+    spec = get_spec(name)
     if weights is None:
-        return model
-    if isinstance(weights, str) and weights in get_spec(name).pretrained:
-        path, _ = pretrained_paths(name, weights)
+        path = None
+    elif isinstance(weights, str) and weights in spec.pretrained:
+        path, metadata_path = pretrained_paths(name, weights)
+        if metadata_path.is_file():
+            # The configuration the weights were trained with; explicit
+            # overrides win.
+            stored = json.loads(metadata_path.read_text()).get("model_overrides", {})
+            overrides = {**stored, **overrides}
         if not path.is_file():
             raise FileNotFoundError(
                 f"Pretrained weights for '{name}' ('{weights}') are not at '{path}'. "
@@ -117,14 +122,15 @@ def load(name, /, weights="mnist", **overrides):
                 "from a checkout (pip install -e .) or set CAPS_ZOO_SAVED_MODELS to "
                 "a copy of that folder."
             )
-    elif isinstance(weights, (str, os.PathLike)) and (
-        os.sep in str(weights) or str(weights).endswith((".npz", ".h5", ".keras"))
+    elif os.path.exists(weights) or os.sep in str(weights) or str(weights).endswith(
+        (".npz", ".h5", ".keras")
     ):
-        path = Path(weights)
+        path = Path(weights)  # a missing file is reported by load_weights
     else:
-        get_spec(name)
         pretrained_paths(name, weights)  # raises, naming the available tags
-    weights_io.load_weights(model, path)
+    model = create_model(name, **overrides)
+    if path is not None:
+        weights_io.load_weights(model, path)
     return model
 
 

@@ -117,31 +117,54 @@ def _machine():
     return f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU" if not tf.config.list_physical_devices("GPU") else f"{platform.machine()}, GPU"
 
 
+def _epochs_done(run_dir, config):
+    progress = Path(run_dir) / "progress.json"
+    if progress.is_file():
+        return json.loads(progress.read_text())["epochs_completed"]
+    return config.initial_epoch
+
+
 def train(config, callbacks=()):
     """Train (or resume) one run; return the final test metrics dict.
 
     A run killed part way resumes from its last finished epoch when called
     again with the same ``output_dir``. Extra Keras ``callbacks`` are added
-    to the recipe's own.
+    to the recipe's own. The global dtype policy is restored afterwards.
     """
     config.validate()
-    keras.mixed_precision.set_global_policy(config.precision)
-    keras.utils.set_random_seed(config.seed)
     run_dir = Path(config.output_dir)
+    if (run_dir / "final.weights.npz").is_file():
+        raise FileExistsError(
+            f"'{run_dir}' holds a finished run (BackupAndRestore has removed its backup, so "
+            "it would start over). Use a new --output-dir; to train on from this run, pass "
+            f"--init-weights {run_dir / 'final.weights.npz'} --initial-epoch <epochs done>."
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+    # A restart must not replay the first epochs' shuffles and shifts.
+    seed = config.seed + _epochs_done(run_dir, config)
 
-    strategy = make_strategy(config.strategy)
-    with strategy.scope():
-        model = build_model(config)
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(config.precision)
+    try:
+        keras.utils.set_random_seed(seed)
+        strategy = make_strategy(config.strategy)
+        with strategy.scope():
+            model = build_model(config)
+        return _fit(model, strategy, config, run_dir, seed, callbacks)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
 
+
+def _fit(model, strategy, config, run_dir, seed, callbacks):
     train_data = data.load(
         config.dataset,
         "train",
         batch_size=config.batch_size,
         shift_pixels=config.shift_pixels,
         limit=config.train_limit,
-        seed=config.seed,
+        seed=seed,
+        drop_remainder=True,  # equal shares for every replica
     )
     test_data = data.load(config.dataset, "test", batch_size=256, limit=config.test_limit)
 

@@ -16,6 +16,15 @@ class WeightsError(ValueError):
 
 
 NPZ_SUFFIX = ".weights.npz"
+# 2: paths stored without the model's name, and checked on load; files
+# without __format__ (1) are checked by shape only.
+FORMAT_VERSION = 2
+
+
+def _relative_path(path):
+    """A variable's path without the model's name ("capsnet/conv1/kernel" ->
+    "conv1/kernel"), so that renamed models still match."""
+    return path.split("/", 1)[-1]
 
 
 def save_weights(model, path, dtype="float32"):
@@ -31,17 +40,24 @@ def save_weights(model, path, dtype="float32"):
     for index, variable in enumerate(model.weights):
         value = np.asarray(variable.numpy())
         if np.issubdtype(value.dtype, np.floating):
+            if np.abs(value).max(initial=0) > np.finfo(dtype).max:
+                raise ValueError(f"{variable.path} overflows {dtype}; save in float32.")
             value = value.astype(dtype)
         arrays[f"{index:04d}"] = value
-    paths = np.array([variable.path for variable in model.weights])
+    paths = np.array([_relative_path(variable.path) for variable in model.weights])
     tmp_path = path[: -len(NPZ_SUFFIX)] + ".tmp.npz"
-    np.savez_compressed(tmp_path, __paths__=paths, **arrays)
+    np.savez_compressed(tmp_path, __paths__=paths, __format__=np.array(FORMAT_VERSION), **arrays)
     os.replace(tmp_path, path)  # never leave a half-written file at `path`
     return path
 
 
 def load_weights(model, path):
-    """Load ``.weights.npz`` (ours) or ``.weights.h5`` / ``.keras`` (Keras)."""
+    """Load ``.weights.npz`` (ours) or ``.weights.h5`` / ``.keras`` (Keras).
+
+    An npz that does not fit raises ``WeightsError`` before any variable is
+    assigned, so the model is left as it was (Keras' formats give no such
+    guarantee).
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No weights file at '{path}'.")
@@ -62,6 +78,7 @@ def load_weights(model, path):
             "Re-download or re-export it."
         ) from error
     stored_paths = list(stored.pop("__paths__", []))
+    check_paths = int(stored.pop("__format__", 1)) >= 2
     if len(stored) != len(model.weights):
         raise WeightsError(
             f"Weights file '{path}' holds {len(stored)} variables, {model.name} has "
@@ -70,8 +87,13 @@ def load_weights(model, path):
     values = []
     for index, variable in enumerate(model.weights):
         value = stored[f"{index:04d}"]
+        name = str(stored_paths[index]) if index < len(stored_paths) else f"#{index}"
+        if check_paths and name != _relative_path(variable.path):
+            raise WeightsError(
+                f"Weights file '{path}': variable #{index} is {name}, {model.name} expects "
+                f"{_relative_path(variable.path)}: it was saved from a different architecture."
+            )
         if tuple(value.shape) != tuple(variable.shape):
-            name = stored_paths[index] if index < len(stored_paths) else f"#{index}"
             raise WeightsError(
                 f"Weights file '{path}': variable {name} has shape {value.shape}, "
                 f"{model.name}'s {variable.path} needs {tuple(variable.shape)}: "

@@ -32,7 +32,7 @@ def main(argv=None):
     parser.add_argument("--wall-hours", type=float,
                         help="training wall time so far; default: from the run's progress.json")
     parser.add_argument("--tag", default="mnist")
-    parser.add_argument("--notes", default="")
+    parser.add_argument("--notes", default="", help="e.g. how the machine was shared")
     args = parser.parse_args(argv)
 
     run_dir = Path(args.run_dir)
@@ -50,30 +50,43 @@ def main(argv=None):
             parser.error(f"{progress_path} does not exist: pass --wall-hours")
         wall_hours = round(json.loads(progress_path.read_text())["train_seconds"] / 3600, 2)
 
-    model = caps_zoo.load(config["model"], weights=str(weights))
+    # The run's architecture overrides travel in the metadata; load() applies them.
+    overrides = {}
+    if config.get("routing_iterations"):
+        overrides["routing_iterations"] = list(config["routing_iterations"])
+    model = caps_zoo.load(config["model"], weights=str(weights), **overrides)
     # Store float16 first, then measure what users will actually load.
     weights_path = Path(registry.save_pretrained(model, config["model"], args.tag))
+    registry.write_metadata(config["model"], args.tag, {"model_overrides": overrides})
     model = caps_zoo.load(config["model"], weights=args.tag)
     test = model.evaluate(data.load(config["dataset"], "test", batch_size=250),
                           return_dict=True, verbose=1)
-    sample = model.evaluate(data.load("mnist_sample", "test", batch_size=250),
-                            return_dict=True, verbose=0)
+    sample = {}
+    if config["dataset"] == "mnist":
+        sample = model.evaluate(data.load("mnist_sample", "test", batch_size=250),
+                                return_dict=True, verbose=0)
+    train_count = data.num_examples(config["dataset"], "train", config.get("train_limit"))
+    test_count = data.num_examples(config["dataset"], "test", config.get("test_limit"))
+    gpus = tf.config.list_physical_devices("GPU")
     metadata = {
         "status": "finished" if finished else f"in training: snapshot after epoch {epochs_completed} of {config['epochs']}",
         "recipe_command": args.command,
-        "data": f"{config['dataset']}: 60,000 training images (random shifts of up to "
-                f"{config['shift_pixels']} px), evaluated on the 10,000 test images",
+        "data": f"{config['dataset']}: {train_count:,} training images (random shifts of up "
+                f"to {config['shift_pixels']} px), evaluated on {test_count:,} test images",
+        "model_overrides": overrides,
         "epochs_planned": config["epochs"],
         "epochs_completed": epochs_completed,
         "precision": config["precision"],
         "batch_size": config["batch_size"],
         "routing_iterations": [s.routing_iterations for s in model.routing_stages],
         "wall_hours": wall_hours,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (1 core pinned per run), no GPU",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
+                   + (f"{len(gpus)} GPU(s)" if gpus else "no GPU"),
         "test_accuracy": test["accuracy"],
         "test_loss": test["loss"],
-        "sample_accuracy": sample["accuracy"],
-        "sample": "caps_zoo/data/mnist_test_sample.npz (first 1,000 MNIST test images)",
+        **({"sample_accuracy": sample["accuracy"],
+            "sample": "caps_zoo/data/mnist_test_sample.npz (first 1,000 MNIST test images)"}
+           if sample else {}),
         "best_val_accuracy_in_log": max(float(row["val_accuracy"]) for row in log),
         "measured_by": "recipes/ship_weights.py with the float16 weights as shipped",
         "measured_on": datetime.date.today().isoformat(),

@@ -89,6 +89,32 @@ def test_training_shifts_are_translations_of_up_to_two_pixels():
     assert moved > 32  # most images really moved
 
 
+def test_seed_makes_shuffle_and_shifts_repeatable_but_epochs_differ():
+    def epochs(seed):
+        ds = data.load("mnist_sample", "test", batch_size=50, shuffle=True, shift_pixels=2, seed=seed, limit=50)
+        return [next(iter(ds))[0].numpy() for _ in range(2)]
+
+    first, again, other = epochs(7), epochs(7), epochs(8)
+    np.testing.assert_array_equal(first[0], again[0])
+    np.testing.assert_array_equal(first[1], again[1])
+    assert not np.array_equal(first[0], first[1])  # each epoch draws anew
+    assert not np.array_equal(first[0], other[0])
+
+
+def test_train_split_defaults_shuffle_and_shift(tmp_path, monkeypatch):
+    arrays = _write_fake_npz(tmp_path)
+    monkeypatch.setenv(data.DATA_ENV, str(tmp_path))
+    images, labels = next(iter(data.load("mnist", "train", batch_size=50, seed=0)))
+    assert sorted(labels.numpy().tolist()) == sorted(arrays["y_train"].tolist())
+    assert labels.numpy().tolist() != arrays["y_train"].tolist()  # shuffled
+    assert images.shape == (50, 28, 28, 1)
+    unshuffled, _ = next(iter(data.load("mnist", "train", batch_size=50, shuffle=False, seed=0)))
+    moved = [not np.allclose(a, b / 255.0) for a, b in zip(unshuffled[..., 0], arrays["x_train"])]
+    assert sum(moved) > 25  # shifted by default
+    test_images, _ = next(iter(data.load("mnist", "test", batch_size=20)))
+    np.testing.assert_allclose(test_images[..., 0], arrays["x_test"] / 255.0, atol=1e-7)  # no shift
+
+
 def test_train_split_shuffles_and_limit():
     ds = data.load("mnist_sample", "test", batch_size=100, shuffle=True, seed=3, limit=100)
     _, labels = next(iter(ds))

@@ -126,6 +126,21 @@ def test_length_and_mask():
     np.testing.assert_array_equal(by_length, [[0, 0, 3, 4, 0, 0], [0, 0, 0, 0, 0, 2]])
     by_label = Mask()(capsules, np.array([2, 0])).numpy()
     np.testing.assert_allclose(by_label, [[0, 0, 0, 0, 0.1, 0], [1, 0, 0, 0, 0, 0]])
+    np.testing.assert_allclose(Mask()(capsules, np.array([[2], [0]])), by_label)
+    np.testing.assert_allclose(Mask()(capsules, np.eye(3)[[2, 0]]), by_label)
+    two_digits = Mask()(capsules, np.array([[0, 1, 1], [0, 0, 0]], "float32")).numpy()
+    np.testing.assert_allclose(two_digits, [[0, 0, 3, 4, 0.1, 0], [0, 0, 0, 0, 0, 0]])
+
+
+def test_class_capsules_stay_float32_under_mixed_bfloat16():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    capsules = np.random.default_rng(5).normal(size=(2, 7, 4)).astype("float32")
+    routed = RoutingCaps(3, 5, routing_iterations=2)(capsules)
+    assert routed.dtype == "float32"
+    lengths = Length()(routed)
+    assert lengths.dtype == "float32"
+    np.testing.assert_allclose(lengths, np.linalg.norm(routed, axis=-1), atol=1e-6)
+    assert Mask()(routed).dtype == "float32"
 
 
 @pytest.mark.parametrize(

@@ -37,3 +37,12 @@ def test_reconstruction_loss_is_weighted_sum_of_squares():
         losses.reconstruction_loss(images, recon), [0.0005 * 2, 0.0005 * 0.25], rtol=1e-6
     )
     assert losses.RECONSTRUCTION_WEIGHT == pytest.approx(0.0005)
+
+
+def test_margin_loss_label_shapes_agree():
+    lengths = np.array([[0.95, 0.05, 0.5], [0.3, 0.2, 0.0]], "float32")
+    by_id = losses.margin_loss(np.array([0, 2]), lengths)
+    np.testing.assert_allclose(losses.margin_loss(np.array([[0], [2]]), lengths), by_id)
+    np.testing.assert_allclose(losses.margin_loss(np.eye(3)[[0, 2]], lengths), by_id)
+    with pytest.raises(ValueError, match=r"targets \(batch, 3\)"):
+        losses.margin_loss(np.zeros((2, 4)), lengths)

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 import caps_zoo
+from caps_zoo.layers.capsule import SQUASH_EPSILON
 from caps_zoo.models import CapsuleNetwork
 
 MODELS = ["capsnet", "deep_capsnet"]
@@ -85,6 +86,23 @@ def test_loss_falls_on_real_mnist(model, sample_batch):
     loss = history.history["loss"]
     assert loss[-1] < 0.6 * loss[0], loss
     assert history.history["accuracy"][-1] > 0.5
+
+
+def test_mixed_bfloat16_scores_are_float32_lengths(model, sample_batch):
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    mixed = caps_zoo.create_model(model.name)
+    mixed.set_weights(model.get_weights())
+    outputs = mixed.predict(sample_batch[0][:8], verbose=0)
+    assert outputs["scores"].dtype == np.float32 and outputs["poses"].dtype == np.float32
+    # Length is sqrt(|v|^2 + eps); bfloat16 rounding would be off by ~1e-2 relative.
+    expected = np.sqrt(np.sum(np.square(outputs["poses"]), axis=-1) + SQUASH_EPSILON)
+    np.testing.assert_allclose(outputs["scores"], expected, rtol=1e-5)
+
+
+def test_sample_weights_are_refused(model, sample_batch):
+    images, labels = sample_batch[0][:4], sample_batch[1][:4]
+    with pytest.raises(ValueError, match="does not support sample weights"):
+        model.test_on_batch(images, labels, sample_weight=np.ones(4, "float32"))
 
 
 def test_routing_iterations_validation():

@@ -65,6 +65,23 @@ def test_mismatched_architecture_is_reported(capsnet, tmp_path):
     wide = caps_zoo.create_model("capsnet", decoder_units=(256, 1024))
     with pytest.raises(weights_io.WeightsError, match=r"shape .* needs"):
         weights_io.load_weights(wide, path)
+    renamed = caps_zoo.load("capsnet", weights=str(path), name="renamed")  # names aside
+    np.testing.assert_array_equal(renamed.weights[0].numpy(), capsnet.weights[0].numpy())
+
+
+def test_reordered_variables_of_equal_shape_are_caught(capsnet, tmp_path):
+    path = weights_io.save_weights(capsnet, tmp_path / "capsnet.weights.npz")
+    with np.load(path) as archive:
+        arrays = dict(archive)
+    # A file written in another variable order: conv1/bias and
+    # primary_caps/conv/bias are both (256,), so shapes alone would not tell.
+    paths = arrays["__paths__"].copy()
+    paths[[1, 3]] = paths[[3, 1]]
+    arrays["__paths__"] = paths
+    arrays["0001"], arrays["0003"] = arrays["0003"], arrays["0001"]
+    np.savez(path, **arrays)
+    with pytest.raises(weights_io.WeightsError, match="different architecture"):
+        weights_io.load_weights(capsnet, path)
 
 
 def test_missing_weights_file(tmp_path):

@@ -1,5 +1,6 @@
 """Training under tf.distribute, and the recipe's run directory / resume."""
 
+import csv
 import json
 import runpy
 import sys
@@ -130,6 +131,41 @@ def test_recipe_cli_mirrored_deep_capsnet(tiny_mnist, tmp_path, monkeypatch, cap
     assert np.isfinite(metrics["test"]["loss"])
     assert json.loads((run_dir / "config.json").read_text())["routing_iterations"] == [1, 2]
     assert '"accuracy"' in capsys.readouterr().out
+
+    # Ship it into a scratch saved_models/: load() restores the run's routing.
+    monkeypatch.setenv("CAPS_ZOO_SAVED_MODELS", str(tmp_path / "saved_models"))
+    ship = RECIPE.parent / "ship_weights.py"
+    monkeypatch.setattr(sys, "argv", [str(ship), "--run-dir", str(run_dir), "--command", "test"])
+    runpy.run_path(str(ship), run_name="__main__")
+    metadata = caps_zoo.load_metadata("deep_capsnet")
+    assert metadata["status"] == "finished" and metadata["epochs_completed"] == 1
+    assert metadata["data"].startswith("mnist: 256 training images")
+    assert metadata["model_overrides"] == {"routing_iterations": [1, 2]}
+    model = caps_zoo.load("deep_capsnet")
+    assert [s.routing_iterations for s in model.routing_stages] == [1, 2]
+    accuracy = model.evaluate(data.load("mnist_sample", "test"), return_dict=True, verbose=0)
+    assert accuracy["accuracy"] == pytest.approx(metadata["sample_accuracy"], abs=1e-3)
+
+
+def test_continue_from_committed_weights_keeps_the_lr_schedule(tiny_mnist, tmp_path):
+    common = dict(model="capsnet", batch_size=64, steps_per_epoch=2, verbose=0)
+    training.train(training.TrainConfig(epochs=1, output_dir=str(tmp_path / "a"), **common))
+    weights = tmp_path / "a" / "final.weights.npz"
+    training.train(
+        training.TrainConfig(
+            epochs=2, initial_epoch=1, init_weights=str(weights), output_dir=str(tmp_path / "b"), **common
+        )
+    )
+    with open(tmp_path / "b" / "log.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["epoch"] for row in rows] == ["1"]
+    assert float(rows[0]["learning_rate"]) == pytest.approx(1e-3 * 0.9)
+
+
+def test_finished_run_is_not_restarted_by_accident(tmp_path):
+    (tmp_path / "final.weights.npz").write_bytes(b"")
+    with pytest.raises(FileExistsError, match="holds a finished run"):
+        training.train(training.TrainConfig(output_dir=str(tmp_path)))
 
 
 def test_bad_config_is_rejected():

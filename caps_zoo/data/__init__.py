@@ -74,19 +74,15 @@ def load_arrays(name, split):
     return (x_train, y_train) if split == "train" else (x_test, y_test)
 
 
-def _random_shift(images, max_shift):
-    # Pad and crop back: a translation by up to max_shift pixels each way,
-    # filled with black, as in Sabour et al.
-    size = tf.shape(images)[1:3]
-    padded = tf.pad(images, [[0, 0], [max_shift, max_shift], [max_shift, max_shift], [0, 0]])
-    offsets = tf.random.uniform((2,), 0, 2 * max_shift + 1, dtype=tf.int32)
-    return tf.slice(padded, [0, offsets[0], offsets[1], 0], [-1, size[0], size[1], -1])
-
-
-def _shift_each(images, max_shift):
-    return tf.map_fn(
-        lambda image: _random_shift(image[None], max_shift)[0], images, parallel_iterations=16
+def _random_shift(image, max_shift, seed):
+    """Translate one image by up to ``max_shift`` pixels each way, filling
+    with black (Sabour et al.): pad, then crop back at a random offset."""
+    size = tf.shape(image)[:2]
+    padded = tf.pad(image, [[max_shift, max_shift], [max_shift, max_shift], [0, 0]])
+    offsets = tf.random.stateless_uniform(
+        (2,), seed=seed, minval=0, maxval=2 * max_shift + 1, dtype=tf.int32
     )
+    return tf.slice(padded, [offsets[0], offsets[1], 0], [size[0], size[1], -1])
 
 
 def load(
@@ -109,7 +105,10 @@ def load(
         shift_pixels: random translation of up to this many pixels;
             defaults to 2 for ``train`` (Sabour et al.), 0 otherwise.
         limit: keep only the first ``limit`` examples (fast tests, subsets).
-        seed: makes shuffling and shifts repeatable.
+        seed: makes shuffling and shifts repeatable (each epoch still
+            draws new ones).
+        drop_remainder: drop a last, smaller batch (training under
+            tf.distribute, where replicas should get equal shares).
     """
     images, labels = load_arrays(name, split)
     if limit is not None:
@@ -126,12 +125,16 @@ def load(
         dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         dataset = dataset.repeat()
-    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     if shift_pixels:
-        dataset = dataset.map(
-            lambda x, y: (_shift_each(x, shift_pixels), y),
+        # One stateless seed per example, from a stream that `seed` fixes and
+        # that draws anew every epoch: repeatable, yet new shifts each epoch.
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        dataset = tf.data.Dataset.zip((dataset, seeds)).map(
+            lambda example, pair: (_random_shift(example[0], shift_pixels, pair), example[1]),
             num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
         )
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 

@@ -4,9 +4,11 @@ Between Capsules").
 Shapes follow one convention throughout: a capsule tensor is
 ``(batch, num_capsules, capsule_dim)``.
 
-Routing runs in float32 even under a mixed precision policy: the softmax over
-parents and the squash non-linearity lose too much in bfloat16 (lengths near
-the margins 0.1 / 0.9 are what the loss looks at).
+Under a mixed precision policy only the convolutions and the prediction
+matmul ``u_hat = W u`` run in bfloat16; squash, the routing iterations,
+``Length`` and ``Mask`` take and give float32 (``autocast=False``): the
+softmax over parents and the lengths near the margins 0.1 / 0.9, which the
+loss looks at, lose too much in bfloat16.
 """
 
 import keras
@@ -126,7 +128,8 @@ class RoutingCaps(keras.layers.Layer):
     Args:
         num_capsules: number of output (parent) capsules.
         capsule_dim: dimension of each output capsule.
-        routing_iterations: ``r >= 1``; 1 is a uniform average (no routing).
+        routing_iterations: ``r >= 1``; with 1 every coupling is ``1 / J``
+            (no routing).
         kernel_initializer: default None, a normal init scaled by fan-in,
             times ``init_scale``.
         stop_gradient_in_routing: if True, gradients flow into ``u_hat`` only
@@ -145,6 +148,7 @@ class RoutingCaps(keras.layers.Layer):
         init_scale=1.0,
         **kwargs,
     ):
+        kwargs.setdefault("autocast", False)  # routing is float32; see module doc
         super().__init__(**kwargs)
         if int(routing_iterations) < 1:
             raise ValueError(f"routing_iterations must be >= 1, got {routing_iterations}.")
@@ -242,6 +246,10 @@ class RoutingCaps(keras.layers.Layer):
 class Length(keras.layers.Layer):
     """Capsule lengths ``|v|``: ``(batch, n, d) -> (batch, n)``, class scores."""
 
+    def __init__(self, **kwargs):
+        kwargs.setdefault("autocast", False)  # float32 lengths; see module doc
+        super().__init__(**kwargs)
+
     def call(self, capsules):
         capsules = ops.cast(capsules, "float32")
         return ops.sqrt(ops.sum(ops.square(capsules), axis=-1) + SQUASH_EPSILON)
@@ -257,10 +265,15 @@ class Length(keras.layers.Layer):
 class Mask(keras.layers.Layer):
     """Zero all capsules but one and flatten: the decoder's input.
 
-    ``call(capsules, labels=None)``: with integer ``labels`` (training) the
-    true class's capsule is kept; without, the longest capsule is.
-    Output ``(batch, n * d)``.
+    ``call(capsules, labels=None)``: with ``labels`` (training) the true
+    class's capsule is kept: integer ids ``(batch,)`` or ``(batch, 1)``, or
+    a one-/multi-hot ``(batch, n)`` (several digits: all their capsules are
+    kept); without, the longest capsule is. Output ``(batch, n * d)``.
     """
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("autocast", False)  # float32 poses; see module doc
+        super().__init__(**kwargs)
 
     def call(self, capsules, labels=None):
         capsules = ops.cast(capsules, "float32")
@@ -270,7 +283,10 @@ class Mask(keras.layers.Layer):
             # (BitwiseAnd) that is no TFLite builtin; a sum of squares is
             # never -0.0.
             labels = tf.argmax(ops.sum(ops.square(capsules), axis=-1), axis=-1)
-        mask = ops.one_hot(ops.cast(ops.reshape(labels, (-1,)), "int32"), num_capsules)
+        if len(labels.shape) == 2 and labels.shape[-1] == num_capsules:
+            mask = ops.cast(labels, "float32")
+        else:
+            mask = ops.one_hot(ops.cast(ops.reshape(labels, (-1,)), "int32"), num_capsules)
         masked = capsules * mask[..., None]
         return ops.reshape(masked, (-1, num_capsules * capsules.shape[2]))
 

@@ -9,7 +9,7 @@ class capsule kept by ``Mask``.
 - ``capsnet``: Conv 256@9x9, PrimaryCaps 32 x 8D (9x9, stride 2), 10 x 16D
   digit capsules with 3 routing iterations, decoder 512-1024-784 (8.2M
   parameters).
-- ``deep_capsnet`` (the paper's Table I): Conv1 512@9x9, Conv2 256@5x5,
+- ``deep_capsnet`` (the layers of the paper's Table I): Conv1 512@9x9, Conv2 256@5x5,
   PrimaryCaps 32 x 8D (5x5, stride 2; 6x6 positions, 1152 capsules), a
   "primary route" into intermediate capsules, a "secondary route" into the
   10 x 16D digit capsules, the same decoder.
@@ -20,7 +20,8 @@ class capsule kept by ``Mask``.
   secondary route something to route, and the 1152 x 16 x 8 x 12 primary-route
   transform (1.8M weights) keeps the model near CapsNet's size. Both are
   arguments (``routing_capsules``). Routing iterations default to 2 (primary)
-  and 3 (secondary), the paper's most accurate pair (its Fig. 10/11).
+  and 3 (secondary), the most accurate pair of the paper's Figs. 10/11
+  (its Table I lists 3 and 3; pass ``routing_iterations=(3, 3)`` for that).
 
 Outputs of ``call`` / ``predict`` (images only; the decoder reconstructs from
 the longest capsule): ``{"scores": (b, 10) capsule lengths, "poses":
@@ -118,9 +119,8 @@ class CapsuleNetwork(keras.Model):
             strides=self.primary_strides,
             name="primary_caps",
         )
-        stage_names = ["digit_caps"] if len(routing_capsules) == 1 else [
-            f"routing_caps{index + 1}" for index in range(len(routing_capsules) - 1)
-        ] + ["digit_caps"]
+        stage_names = [f"routing_caps{i + 1}" for i in range(len(routing_capsules) - 1)]
+        stage_names.append("digit_caps")
         self.routing_stages = [
             RoutingCaps(
                 num_capsules,
@@ -141,9 +141,12 @@ class CapsuleNetwork(keras.Model):
         self.mask = Mask(name="mask")
         pixels = self.image_shape[0] * self.image_shape[1] * self.image_shape[2]
         self.decoder = keras.Sequential(
-            [keras.layers.Dense(units, activation="relu") for units in self.decoder_units]
+            [
+                keras.layers.Dense(units, activation="relu", name=f"hidden{index + 1}")
+                for index, units in enumerate(self.decoder_units)
+            ]
             # float32 output: the reconstruction loss sums 784 squared errors.
-            + [keras.layers.Dense(pixels, activation="sigmoid", dtype="float32")],
+            + [keras.layers.Dense(pixels, activation="sigmoid", dtype="float32", name="pixels")],
             name="decoder",
         )
 
@@ -209,6 +212,8 @@ class CapsuleNetwork(keras.Model):
 
     @property
     def metrics(self):
+        # The model's own losses and accuracy; compile(loss=, metrics=) are
+        # not used by train_step.
         return [
             self.loss_tracker,
             self.margin_loss_tracker,
@@ -233,8 +238,18 @@ class CapsuleNetwork(keras.Model):
         self.accuracy_tracker.update_state(labels, outputs["scores"])
         return {metric.name: metric.result() for metric in self.metrics}
 
+    @staticmethod
+    def _unpack(data):
+        images, labels, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if sample_weight is not None:
+            raise ValueError(
+                "CapsuleNetwork does not support sample weights: its loss is the mean "
+                "margin + reconstruction loss over the batch."
+            )
+        return images, labels
+
     def train_step(self, data):
-        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+        images, labels = self._unpack(data)
         with tf.GradientTape() as tape:
             outputs, margin, reconstruction = self._forward_with_losses(images, labels, training=True)
             loss = ops.mean(margin + reconstruction)
@@ -247,7 +262,7 @@ class CapsuleNetwork(keras.Model):
         return self._update_metrics(labels, outputs, margin, reconstruction)
 
     def test_step(self, data):
-        images, labels, _ = keras.utils.unpack_x_y_sample_weight(data)
+        images, labels = self._unpack(data)
         outputs, margin, reconstruction = self._forward_with_losses(images, labels, training=False)
         return self._update_metrics(labels, outputs, margin, reconstruction)
 
