@@ -5,7 +5,7 @@
         [--wall-hours 5.2]
 
 Takes ``final.weights.npz`` if the run finished, else its latest
-``snapshot.weights.npz``; stores float16 and measures the test metrics with
+``snapshot.weights.npz``; copies the run's ``log.csv`` beside it; stores float16 and measures the test metrics with
 the float16 weights as they will be loaded: on the full test split and on the
 shipped 1,000-image sample (``tests/test_pretrained.py`` checks the latter).
 """
@@ -16,6 +16,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 from pathlib import Path
 
 import keras
@@ -96,6 +97,8 @@ def main(argv=None):
         "notes": args.notes,
     }
     registry.write_metadata(config["model"], args.tag, metadata)
+    # The run's per-epoch log travels with the weights (provenance).
+    shutil.copyfile(run_dir / "log.csv", weights_path.with_name(f"{args.tag}.log.csv"))
     print(json.dumps(metadata, indent=2))
     print(f"wrote {weights_path} ({weights_path.stat().st_size / 2**20:.1f} MiB)")
 

@@ -141,6 +141,8 @@ def test_recipe_cli_mirrored_deep_capsnet(tiny_mnist, tmp_path, monkeypatch, cap
     assert metadata["status"] == "finished" and metadata["epochs_completed"] == 1
     assert metadata["data"].startswith("mnist: 256 training images")
     assert metadata["model_overrides"] == {"routing_iterations": [1, 2]}
+    shipped_log = tmp_path / "saved_models" / "deep_capsnet" / "mnist.log.csv"
+    assert shipped_log.read_text() == (run_dir / "log.csv").read_text()
     model = caps_zoo.load("deep_capsnet")
     assert [s.routing_iterations for s in model.routing_stages] == [1, 2]
     accuracy = model.evaluate(data.load("mnist_sample", "test"), return_dict=True, verbose=0)
