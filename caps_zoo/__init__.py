@@ -2,6 +2,12 @@
 
 __version__ = "0.1.0"
 
+import os  # noqa: E402
+
+# TensorFlow's C++ start-up chatter (INFO/WARNING) hides the zoo's own
+# output; a value the user set is kept.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 from caps_zoo import data, layers, losses, models  # noqa: E402  (models fill the registry)
 from caps_zoo import export  # noqa: E402
 from caps_zoo.registry import create_model, list_models, load, load_metadata  # noqa: E402
