@@ -11,37 +11,16 @@ range of small deltas and the decoder redraws the digit, showing what each
 dimension has learnt to encode (stroke width, skew, scale, ...).
 ``perturbed_reconstructions`` is its computational part (numpy, no plotting).
 
-Backend: if no matplotlib backend has been chosen (no ``MPLBACKEND``, no
-``matplotlib.use``, no matplotlibrc entry, pyplot not yet imported), the
-non-interactive ``Agg`` backend is selected, so servers without a display
-work. A backend set beforehand is kept, so in Jupyter (ipykernel sets the
-inline backend) the returned figures display inline.
+Figures are ``matplotlib.figure.Figure`` objects made without pyplot: no
+backend or display is needed (servers), no global pyplot state is touched,
+and Jupyter shows a returned figure inline.
 """
 
-import sys
-
 import numpy as np
+from matplotlib.figure import Figure
 
 DEFAULT_DIMS = range(16)
 DEFAULT_DELTAS = np.linspace(-0.25, 0.25, 11)  # Sabour et al.: steps of 0.05
-
-
-def _pyplot():
-    """``matplotlib.pyplot``, choosing Agg only when no backend has been chosen."""
-    import matplotlib
-
-    if "matplotlib.pyplot" not in sys.modules:
-        from matplotlib import rcsetup
-
-        # The unresolved "auto" sentinel means: no MPLBACKEND, no rc file
-        # entry, no matplotlib.use(); matplotlib would otherwise pick a GUI
-        # backend if a display is there.
-        backend = dict.__getitem__(matplotlib.rcParams, "backend")
-        if backend is rcsetup._auto_backend_sentinel:
-            matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def reconstruction_grid(images, reconstructions, labels, predictions, path=None, columns=8):
@@ -49,12 +28,11 @@ def reconstruction_grid(images, reconstructions, labels, predictions, path=None,
 
     With ``path``: saves the PNG there, closes the figure and returns ``path``
     (what ``caps_zoo.demo`` uses). Without: returns the open figure (shown
-    inline in a notebook; close it with ``plt.close(figure)`` when done).
+    inline in a notebook).
     """
-    plt = _pyplot()
-
     rows = int(np.ceil(len(images) / columns))
-    figure, axes = plt.subplots(rows, 2 * columns, figsize=(2 * columns * 0.9, rows * 1.3))
+    figure = Figure(figsize=(2 * columns * 0.9, rows * 1.3))
+    axes = figure.subplots(rows, 2 * columns)
     axes = np.atleast_2d(axes)
     for axis in axes.flat:
         axis.axis("off")
@@ -73,7 +51,6 @@ def reconstruction_grid(images, reconstructions, labels, predictions, path=None,
     if path is None:
         return figure
     figure.savefig(path, dpi=120)
-    plt.close(figure)
     return path
 
 
@@ -155,10 +132,9 @@ def pose_perturbation_grid(
 
     Rows are pose dimensions of the class capsule (``label``, default the
     predicted class), columns the delta added to that dimension. Returns the
-    figure (left open, so a notebook shows it; ``plt.close(figure)`` when
-    done) and also saves it as a PNG to ``path`` if given.
+    figure (a notebook shows it inline) and also saves it as a PNG to
+    ``path`` if given.
     """
-    plt = _pyplot()
     dims = list(dims)
     deltas = np.asarray(deltas, dtype="float32").reshape(-1)
     poses, label = class_capsule(model, image, label)
@@ -174,7 +150,8 @@ def pose_perturbation_grid(
             top, left = row * (height + gap), column * (width + gap)
             mosaic[top : top + height, left : left + width] = images[row, column]
 
-    figure, axis = plt.subplots(figsize=(max(0.55 * columns + 1.2, 4.5), 0.55 * rows + 1.0))
+    figure = Figure(figsize=(max(0.55 * columns + 1.2, 4.5), 0.55 * rows + 1.0))
+    axis = figure.subplots()
     axis.imshow(np.clip(mosaic, 0, 1), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     axis.set_xticks([column * (width + gap) + width / 2 - 0.5 for column in range(columns)])
     axis.set_xticklabels([f"{delta:+.2f}" for delta in deltas], fontsize=7, rotation=90)
