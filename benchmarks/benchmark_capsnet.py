@@ -104,9 +104,8 @@ def run_child(args):
     initial_scores = infer(images)["scores"]
     check_outputs({"scores": initial_scores})
 
-    # -- training: Keras's own compiled step function, called on one batch.
-    # (train_on_batch would hand train_step an (x, y, sample_weight) triple,
-    # which CapsuleNetwork.train_step does not unpack.)
+    # -- training: Keras's own compiled step function (the one fit runs),
+    # called on the in-memory batch without fit's per-epoch overhead.
     model.make_train_function()
     losses = []
 
