@@ -43,7 +43,8 @@ def parse_args(argv=None):
                         help="with --init-weights: epochs already done (continues the LR schedule)")
     parser.add_argument("--logical-cpus", type=int, default=0,
                         help="split the CPU into N logical devices (for --strategy mirrored)")
-    parser.add_argument("--verbose", type=int, default=1)
+    parser.add_argument("--verbose", type=int, default=1,
+                        help="1: progress bar; 2: one line per epoch (for logs written to a file)")
     return parser.parse_args(argv)
 
 
