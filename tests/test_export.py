@@ -90,3 +90,18 @@ def test_refuses_to_overwrite_a_version(case, tmp_path):
 def test_rejects_a_bad_version(case, tmp_path, version):
     with pytest.raises(ValueError, match="positive int"):
         export.export_saved_model(case["model"], tmp_path, version=version)
+
+
+def test_export_recipe_writes_and_checks_both(tmp_path, capsys, monkeypatch):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parent.parent / "recipes" / "export_model.py"
+    argv = [str(recipe), "--model", "capsnet", "--saved-model-dir", str(tmp_path / "serving"),
+            "--tflite", str(tmp_path / "capsnet.tflite")]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(recipe), run_name="__main__")
+    assert (tmp_path / "serving" / "capsnet" / "1" / "saved_model.pb").is_file()
+    assert (tmp_path / "capsnet.tflite").is_file()
+    assert capsys.readouterr().out.count("wrote ") == 2
