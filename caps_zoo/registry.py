@@ -104,7 +104,12 @@ def load_metadata(name, tag="mnist"):
 
 
 def load(name, /, weights="mnist", **overrides):
-    """Build ``name`` and load ``weights``: a pretrained tag, a path, or None."""
+    """Build ``name`` and load ``weights``: a pretrained tag, a path, or None.
+
+    With a pretrained tag, the ``model_overrides`` recorded in its metadata
+    (the configuration it was trained with) are applied first; explicit
+    ``overrides`` win.
+    """
     spec = get_spec(name)
     if weights is None:
         path = None
@@ -122,12 +127,16 @@ def load(name, /, weights="mnist", **overrides):
                 "from a checkout (pip install -e .) or set CAPS_ZOO_SAVED_MODELS to "
                 "a copy of that folder."
             )
-    elif os.path.exists(weights) or os.sep in str(weights) or str(weights).endswith(
-        (".npz", ".h5", ".keras")
+    elif isinstance(weights, (str, os.PathLike)) and (
+        os.path.exists(weights)
+        or os.sep in str(weights)
+        or str(weights).endswith((".npz", ".h5", ".keras"))
     ):
         path = Path(weights)  # a missing file is reported by load_weights
-    else:
+    elif isinstance(weights, str):
         pretrained_paths(name, weights)  # raises, naming the available tags
+    else:
+        raise TypeError(f"weights must be a pretrained tag, a path or None; got {weights!r}.")
     model = create_model(name, **overrides)
     if path is not None:
         weights_io.load_weights(model, path)

@@ -3,6 +3,7 @@
 A run directory holds everything a run writes, and is what makes it
 resumable: ``backup/`` (``BackupAndRestore``: weights, optimizer, epoch),
 ``log.csv`` (one row per epoch, appended across restarts),
+``config.json`` (the TrainConfig of the latest start),
 ``snapshot.weights.npz`` (weights only, float16, rewritten every epoch: small
 enough to commit, so a run can move machines), ``progress.json`` (epochs
 done, training seconds over all restarts) and, once finished,
@@ -164,7 +165,8 @@ def _fit(model, strategy, config, run_dir, seed, callbacks):
         shift_pixels=config.shift_pixels,
         limit=config.train_limit,
         seed=seed,
-        drop_remainder=True,  # equal shares for every replica
+        # Equal shares for every replica; a single replica keeps every image.
+        drop_remainder=strategy.num_replicas_in_sync > 1,
     )
     test_data = data.load(config.dataset, "test", batch_size=256, limit=config.test_limit)
 

@@ -5,18 +5,22 @@
         [--wall-hours 5.2]
 
 Takes ``final.weights.npz`` if the run finished, else its latest
-``snapshot.weights.npz``; copies the run's ``log.csv`` beside it; stores float16 and measures the test metrics with
-the float16 weights as they will be loaded: on the full test split and on the
-shipped 1,000-image sample (``tests/test_pretrained.py`` checks the latter).
+``snapshot.weights.npz``, and copies the run's ``log.csv`` beside it. Stores
+float16, then measures the test metrics with the float16 weights as they
+will be loaded: on the full test split and, for
+MNIST, on the shipped 1,000-image sample (``tests/test_pretrained.py`` checks
+the latter).
 """
 
 import argparse
 import csv
 import datetime
+import io
 import json
 import os
 import platform
-import shutil
+import tempfile
+import time
 from pathlib import Path
 
 import keras
@@ -40,8 +44,18 @@ def main(argv=None):
     config = json.loads((run_dir / "config.json").read_text())
     finished = (run_dir / "final.weights.npz").is_file()
     weights = run_dir / ("final.weights.npz" if finished else "snapshot.weights.npz")
-    with open(run_dir / "log.csv") as handle:
-        log = list(csv.DictReader(handle))
+    # A running run appends to the log, then rewrites the snapshot, at every
+    # epoch's end: read both until they describe the same epoch.
+    log_path = run_dir / "log.csv"
+    while True:
+        log_text, log_mtime = log_path.read_text(), log_path.stat().st_mtime
+        weights_mtime = weights.stat().st_mtime
+        model_weights = weights.read_bytes()
+        unchanged = log_path.read_text() == log_text and weights.stat().st_mtime == weights_mtime
+        if unchanged and weights_mtime >= log_mtime:
+            break
+        time.sleep(1)
+    log = list(csv.DictReader(io.StringIO(log_text)))
     epochs_completed = int(log[-1]["epoch"]) + 1
 
     wall_hours = args.wall_hours
@@ -55,7 +69,10 @@ def main(argv=None):
     overrides = {}
     if config.get("routing_iterations"):
         overrides["routing_iterations"] = list(config["routing_iterations"])
-    model = caps_zoo.load(config["model"], weights=str(weights), **overrides)
+    with tempfile.TemporaryDirectory() as scratch:
+        copy = Path(scratch) / weights.name
+        copy.write_bytes(model_weights)
+        model = caps_zoo.load(config["model"], weights=str(copy), **overrides)
     # Store float16 first, then measure what users will actually load.
     weights_path = Path(registry.save_pretrained(model, config["model"], args.tag))
     registry.write_metadata(config["model"], args.tag, {"model_overrides": overrides})
@@ -67,13 +84,16 @@ def main(argv=None):
         sample = model.evaluate(data.load("mnist_sample", "test", batch_size=250),
                                 return_dict=True, verbose=0)
     train_count = data.num_examples(config["dataset"], "train", config.get("train_limit"))
-    test_count = data.num_examples(config["dataset"], "test", config.get("test_limit"))
+    test_count = data.num_examples(config["dataset"], "test")  # all of it, as evaluated above
+    steps = config.get("steps_per_epoch")
     gpus = tf.config.list_physical_devices("GPU")
     metadata = {
         "status": "finished" if finished else f"in training: snapshot after epoch {epochs_completed} of {config['epochs']}",
         "recipe_command": args.command,
         "data": f"{config['dataset']}: {train_count:,} training images (random shifts of up "
-                f"to {config['shift_pixels']} px), evaluated on {test_count:,} test images",
+                f"to {config['shift_pixels']} px"
+                + (f"; {steps} steps of {config['batch_size']} per epoch" if steps else "")
+                + f"), evaluated on {test_count:,} test images",
         "model_overrides": overrides,
         "epochs_planned": config["epochs"],
         "epochs_completed": epochs_completed,
@@ -98,7 +118,7 @@ def main(argv=None):
     }
     registry.write_metadata(config["model"], args.tag, metadata)
     # The run's per-epoch log travels with the weights (provenance).
-    shutil.copyfile(run_dir / "log.csv", weights_path.with_name(f"{args.tag}.log.csv"))
+    weights_path.with_name(f"{args.tag}.log.csv").write_text(log_text)
     print(json.dumps(metadata, indent=2))
     print(f"wrote {weights_path} ({weights_path.stat().st_size / 2**20:.1f} MiB)")
 

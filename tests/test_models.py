@@ -99,6 +99,15 @@ def test_mixed_bfloat16_scores_are_float32_lengths(model, sample_batch):
     np.testing.assert_allclose(outputs["scores"], expected, rtol=1e-5)
 
 
+def test_one_hot_labels_train_like_class_ids(model, sample_batch):
+    images, labels = sample_batch[0][:16], sample_batch[1][:16]
+    by_id = model.evaluate(images, labels, return_dict=True, verbose=0)
+    one_hot = np.eye(10, dtype="float32")[labels]
+    by_one_hot = model.evaluate(images, one_hot, return_dict=True, verbose=0)
+    for key in by_id:
+        assert by_one_hot[key] == pytest.approx(by_id[key], rel=1e-5), key
+
+
 def test_sample_weights_are_refused(model, sample_batch):
     images, labels = sample_batch[0][:4], sample_batch[1][:4]
     with pytest.raises(ValueError, match="does not support sample weights"):

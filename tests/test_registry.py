@@ -94,3 +94,8 @@ def test_pretrained_files_are_where_the_registry_looks():
         weights_path, metadata_path = registry.pretrained_paths(name, "mnist")
         assert weights_path.is_file(), weights_path
         assert metadata_path.is_file(), metadata_path
+
+
+def test_weights_argument_of_the_wrong_type():
+    with pytest.raises(TypeError, match="pretrained tag, a path or None"):
+        caps_zoo.load("capsnet", weights=3)

@@ -4,9 +4,10 @@ Between Capsules").
 Shapes follow one convention throughout: a capsule tensor is
 ``(batch, num_capsules, capsule_dim)``.
 
-Under a mixed precision policy only the convolutions and the prediction
-matmul ``u_hat = W u`` run in bfloat16; squash, the routing iterations,
-``Length`` and ``Mask`` take and give float32 (``autocast=False``): the
+Under a mixed precision policy the capsule layers run only the convolution
+of ``PrimaryCaps`` and the prediction matmul ``u_hat = W u`` in bfloat16;
+squash, the routing iterations, ``Length`` and ``Mask`` take and give float32
+(``autocast=False``): the
 softmax over parents and the lengths near the margins 0.1 / 0.9, which the
 loss looks at, lose too much in bfloat16.
 """

@@ -235,7 +235,10 @@ class CapsuleNetwork(keras.Model):
         self.loss_tracker.update_state(margin + reconstruction)
         self.margin_loss_tracker.update_state(margin)
         self.reconstruction_loss_tracker.update_state(reconstruction)
-        self.accuracy_tracker.update_state(labels, outputs["scores"])
+        class_ids = labels
+        if len(labels.shape) == 2 and labels.shape[-1] == self.num_classes:
+            class_ids = ops.argmax(labels, axis=-1)  # one-hot targets
+        self.accuracy_tracker.update_state(class_ids, outputs["scores"])
         return {metric.name: metric.result() for metric in self.metrics}
 
     @staticmethod
