@@ -134,11 +134,15 @@ def train(config, callbacks=()):
     """
     config.validate()
     run_dir = Path(config.output_dir)
-    if (run_dir / "final.weights.npz").is_file():
+    # Epochs were done here but no backup is left (BackupAndRestore deletes it
+    # when fit ends): running again would silently start over.
+    if (run_dir / "final.weights.npz").is_file() or (
+        (run_dir / "progress.json").is_file() and not (run_dir / "backup").is_dir()
+    ):
         raise FileExistsError(
-            f"'{run_dir}' holds a finished run (BackupAndRestore has removed its backup, so "
-            "it would start over). Use a new --output-dir; to train on from this run, pass "
-            f"--init-weights {run_dir / 'final.weights.npz'} --initial-epoch <epochs done>."
+            f"'{run_dir}' holds a finished run (its backup is gone, so it would start over). "
+            "Use a new --output-dir; to train on from this run, pass --init-weights "
+            f"{run_dir / 'snapshot.weights.npz'} --initial-epoch <epochs done>."
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))

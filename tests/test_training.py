@@ -168,6 +168,12 @@ def test_finished_run_is_not_restarted_by_accident(tmp_path):
     (tmp_path / "final.weights.npz").write_bytes(b"")
     with pytest.raises(FileExistsError, match="holds a finished run"):
         training.train(training.TrainConfig(output_dir=str(tmp_path)))
+    # Killed after fit removed its backup but before final.weights.npz.
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    (crashed / "progress.json").write_text('{"epochs_completed": 50, "train_seconds": 1.0}')
+    with pytest.raises(FileExistsError, match="holds a finished run"):
+        training.train(training.TrainConfig(output_dir=str(crashed)))
 
 
 def test_bad_config_is_rejected():
