@@ -114,8 +114,11 @@ class WeightsSnapshot(keras.callbacks.Callback):
         self.progress_path.write_text(json.dumps(progress))
 
 
-def _machine():
-    return f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU" if not tf.config.list_physical_devices("GPU") else f"{platform.machine()}, GPU"
+def machine_description():
+    """E.g. 'x86_64, 2 CPU cores, no GPU': recorded with every measurement."""
+    gpus = tf.config.list_physical_devices("GPU")
+    accelerators = f"{len(gpus)} GPU(s)" if gpus else "no GPU"
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores, {accelerators}"
 
 
 def _epochs_done(run_dir, config):
@@ -208,7 +211,7 @@ def _fit(model, strategy, config, run_dir, seed, callbacks):
         "precision": config.precision,
         "strategy": config.strategy,
         "replicas": strategy.num_replicas_in_sync,
-        "machine": _machine(),
+        "machine": machine_description(),
     }
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics

@@ -17,8 +17,6 @@ import csv
 import datetime
 import io
 import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +26,7 @@ import tensorflow as tf
 
 import caps_zoo
 from caps_zoo import data, registry
+from caps_zoo.training import machine_description
 
 
 def main(argv=None):
@@ -75,8 +74,7 @@ def main(argv=None):
         model = caps_zoo.load(config["model"], weights=str(copy), **overrides)
     # Store float16 first, then measure what users will actually load.
     weights_path = Path(registry.save_pretrained(model, config["model"], args.tag))
-    registry.write_metadata(config["model"], args.tag, {"model_overrides": overrides})
-    model = caps_zoo.load(config["model"], weights=args.tag)
+    model = caps_zoo.load(config["model"], weights=args.tag, **overrides)
     test = model.evaluate(data.load(config["dataset"], "test", batch_size=250),
                           return_dict=True, verbose=1)
     sample = {}
@@ -86,7 +84,6 @@ def main(argv=None):
     train_count = data.num_examples(config["dataset"], "train", config.get("train_limit"))
     test_count = data.num_examples(config["dataset"], "test")  # all of it, as evaluated above
     steps = config.get("steps_per_epoch")
-    gpus = tf.config.list_physical_devices("GPU")
     metadata = {
         "status": "finished" if finished else f"in training: snapshot after epoch {epochs_completed} of {config['epochs']}",
         "recipe_command": args.command,
@@ -101,8 +98,7 @@ def main(argv=None):
         "batch_size": config["batch_size"],
         "routing_iterations": [s.routing_iterations for s in model.routing_stages],
         "wall_hours": wall_hours,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
-                   + (f"{len(gpus)} GPU(s)" if gpus else "no GPU"),
+        "machine": machine_description(),
         "test_accuracy": test["accuracy"],
         "test_loss": test["loss"],
         **({"sample_accuracy": sample["accuracy"],
