@@ -7,11 +7,20 @@
     caps_zoo.export.export_tflite(model, "capsnet.tflite")
     outputs = caps_zoo.export.tflite_predict("capsnet.tflite", images)
 
-Both artifacts hold one function, ``classify``: float32 images
-``(batch, height, width, channels)`` in [0, 1] (named ``images``) to
-``{"scores", "poses", "reconstruction", "classes"}``, the model's own outputs
-plus ``classes``, the int64 argmax of ``scores``. The batch size is dynamic in
-both (any batch >= 1).
+Every model names its serving functions in ``model.serving_endpoints()``:
+``{name: (function, input_signature)}``, the first being the default.
+
+- Capsule networks: ``classify``, float32 images ``(batch, height, width,
+  channels)`` in [0, 1] (named ``images``) to ``{"scores", "poses",
+  "reconstruction", "classes"}`` (``classes``: the int64 argmax of ``scores``).
+- Recurrent writers (DRAW, DCRW): ``generate``, prior noise ``(batch, T,
+  latent_dim)`` (named ``noise``) to ``{"images"}``; and ``reconstruct``,
+  ``images`` and posterior ``noise`` to ``{"reconstruction",
+  "canvas_logits", "latent_kl"}``. Noise is an input so that a served model
+  is deterministic and testable; draw it from N(0, I).
+
+The SavedModel holds every endpoint plus ``serving_default`` (the first);
+the flatbuffer holds one (the first unless named). Batch sizes are dynamic.
 """
 
 import numbers
@@ -24,30 +33,21 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-SIGNATURE = "classify"
+
+def default_signature(model):
+    """The name of ``model``'s first serving endpoint (e.g. ``classify``)."""
+    return next(iter(model.serving_endpoints()))
 
 
-def _classify_fn(model):
-    """The serving function: ``model(images)`` plus the predicted classes."""
-
-    def classify(images):
-        outputs = dict(model(images, training=False))
-        outputs["classes"] = tf.argmax(outputs["scores"], axis=-1, output_type=tf.int64)
-        return outputs
-
-    return classify
-
-
-def _write_saved_model(model, directory):
+def _write_saved_model(model, directory, names=None):
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(
-        SIGNATURE,
-        _classify_fn(model),
-        input_signature=[
-            tf.TensorSpec([None, *model.image_shape], tf.float32, name="images")
-        ],
-    )
+    endpoints = model.serving_endpoints()
+    for name in names or endpoints:
+        if name not in endpoints:
+            raise KeyError(f"{model.name} has no serving endpoint '{name}'; it has {sorted(endpoints)}.")
+        function, input_signature = endpoints[name]
+        archive.add_endpoint(name, function, input_signature=input_signature)
     # The first endpoint is also written as "serving_default" (TF Serving's
     # default signature), the same concrete function.
     archive.write_out(str(directory), verbose=False)
@@ -56,7 +56,7 @@ def _write_saved_model(model, directory):
 def export_saved_model(model, directory, version=1, overwrite=False):
     """Write ``model`` as ``<directory>/<model.name>/<version>/`` (TF Serving's layout).
 
-    Signatures ``classify`` and ``serving_default`` (the same function).
+    Signatures: the model's ``serving_endpoints`` and ``serving_default`` (the first).
     Raises ``FileExistsError`` if that version exists, unless ``overwrite``.
     Returns the version directory.
     """
@@ -84,11 +84,9 @@ def export_saved_model(model, directory, version=1, overwrite=False):
     return version_dir
 
 
-def load_saved_model_signature(version_dir, name=SIGNATURE):
-    """The signature ``name`` of a SavedModel, called as ``fn(images=...)``.
-
-    Returns a dict of tensors.
-    """
+def load_saved_model_signature(version_dir, name="serving_default"):
+    """The signature ``name`` of a SavedModel, called with named inputs
+    (``fn(images=...)``); returns a dict of tensors."""
     loaded = tf.saved_model.load(str(version_dir))
     if name not in loaded.signatures:
         raise KeyError(
@@ -97,20 +95,20 @@ def load_saved_model_signature(version_dir, name=SIGNATURE):
     return loaded.signatures[name]
 
 
-def export_tflite(model, path):
-    """Write ``model``'s ``classify`` function as a float32 LiteRT flatbuffer.
+def export_tflite(model, path, signature=None):
+    """Write one serving endpoint (default: the first) as a float32 LiteRT flatbuffer.
 
-    Builtin ops only. The input keeps a dynamic batch (shape signature
-    ``[-1, height, width, channels]``): ``tflite_predict`` resizes it to the
-    batch given, so any batch >= 1 works. Returns ``path``.
+    Builtin ops only. Inputs keep a dynamic batch: ``tflite_predict``
+    resizes them to the batch given, so any batch >= 1 works. Returns ``path``.
     """
+    signature = signature or default_signature(model)
     # Converted from the SavedModel that ExportArchive writes, not from a
     # concrete function: from_concrete_functions(..., model) does not freeze
     # a Keras 3 model's variables (the flatbuffer comes out without weights).
     with tempfile.TemporaryDirectory() as saved_model_dir:
-        _write_saved_model(model, saved_model_dir)
+        _write_saved_model(model, saved_model_dir, names=[signature])
         converter = tf.lite.TFLiteConverter.from_saved_model(
-            saved_model_dir, signature_keys=[SIGNATURE]
+            saved_model_dir, signature_keys=[signature]
         )
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         flatbuffer = converter.convert()
@@ -120,11 +118,20 @@ def export_tflite(model, path):
     return path
 
 
-def tflite_predict(path, images, signature=SIGNATURE):
-    """Run a flatbuffer from ``export_tflite`` on ``images``; numpy outputs by name."""
+def tflite_predict(path, images=None, signature=None, **inputs):
+    """Run a flatbuffer from ``export_tflite``; numpy outputs by name.
+
+    Inputs by name (``images=``, ``noise=``); ``signature`` defaults to the
+    file's only one.
+    """
     # Imported here: LiteRT is needed only to run flatbuffers, not to import caps_zoo.
     from ai_edge_litert.interpreter import Interpreter
 
-    runner = Interpreter(model_path=str(path)).get_signature_runner(signature)
-    # The signature runner resizes the dynamic batch dimension to the input's.
-    return runner(images=np.asarray(images, dtype=np.float32))
+    if images is not None:
+        inputs["images"] = images
+    interpreter = Interpreter(model_path=str(path))
+    if signature is None:
+        signature = next(iter(interpreter.get_signature_list()))
+    runner = interpreter.get_signature_runner(signature)
+    # The signature runner resizes the dynamic batch dimension to the inputs'.
+    return runner(**{name: np.asarray(value, dtype=np.float32) for name, value in inputs.items()})

@@ -54,3 +54,41 @@ def reconstruction_loss(images, reconstructions, weight=RECONSTRUCTION_WEIGHT):
         ops.cast(reconstructions, "float32"), (ops.shape(reconstructions)[0], -1)
     )
     return weight * ops.sum(ops.square(images - reconstructions), axis=-1)
+
+
+# -- variational losses of the recurrent writers (DRAW, DCRW), in nats -------
+
+
+def _distributions():
+    # Imported on first use: tensorflow-probability (and the tf-keras it
+    # needs) costs seconds to import, and the capsule models do not use it.
+    import tensorflow_probability as tfp
+
+    return tfp.distributions
+
+
+def bernoulli_nll_nats(images, logits):
+    """``Lx = -log Bernoulli(x | sigmoid(logits))`` summed over pixels: ``(batch,)``.
+
+    ``images`` must be binary (0 or 1).
+    """
+    tfd = _distributions()
+    logits = ops.cast(logits, "float32")
+    images = ops.cast(images, "float32")
+    likelihood = tfd.Independent(
+        tfd.Bernoulli(logits=logits, dtype="float32"),
+        reinterpreted_batch_ndims=len(logits.shape) - 1,
+    )
+    return -likelihood.log_prob(images)
+
+
+def gaussian_kl_nats(mean, log_std):
+    """``KL(N(mean, exp(log_std)^2) || N(0, I))`` summed over dimensions: ``(batch,)``."""
+    tfd = _distributions()
+    mean = ops.cast(mean, "float32")
+    log_std = ops.cast(log_std, "float32")
+    posterior = tfd.Independent(tfd.Normal(mean, ops.exp(log_std)), reinterpreted_batch_ndims=1)
+    prior = tfd.Independent(
+        tfd.Normal(ops.zeros_like(mean), ops.ones_like(mean)), reinterpreted_batch_ndims=1
+    )
+    return tfd.kl_divergence(posterior, prior)

@@ -10,6 +10,7 @@ done, training seconds over all restarts) and, once finished,
 ``final.weights.npz`` and ``metrics.json``.
 """
 
+import argparse
 import dataclasses
 import functools
 import json
@@ -48,6 +49,10 @@ class TrainConfig:
     initial_epoch: int = 0  # with init_weights: the epoch to continue from (keeps the LR schedule)
     seed: int = 0
     verbose: int = 1
+    # Beyond the capsule models' needs:
+    model_overrides: dict = dataclasses.field(default_factory=dict)  # create_model(**overrides)
+    binarize: str = None  # "stochastic" for the Bernoulli VAEs; the test split is then "fixed"
+    clip_norm: float = None  # global gradient-norm clipping (Adam's global_clipnorm)
 
     def validate(self):
         registry.get_spec(self.model)
@@ -57,6 +62,10 @@ class TrainConfig:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got '{self.strategy}'.")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1.")
+        if self.binarize not in (None,) + data.BINARIZATIONS:
+            raise ValueError(
+                f"binarize must be None or one of {data.BINARIZATIONS}, got {self.binarize!r}."
+            )
         return self
 
 
@@ -77,13 +86,15 @@ def make_strategy(name):
 
 
 def build_model(config):
-    overrides = {}
+    overrides = dict(config.model_overrides)
     if config.routing_iterations is not None:
         overrides["routing_iterations"] = tuple(config.routing_iterations)
     model = registry.create_model(config.model, **overrides)
     if config.init_weights:
         weights_io.load_weights(model, config.init_weights)
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate, global_clipnorm=config.clip_norm)
+    )
     # Create the optimizer's slots now, inside the strategy's scope: a
     # custom train_step would otherwise create them in a replica context.
     model.optimizer.build(model.trainable_variables)
@@ -174,8 +185,15 @@ def _fit(model, strategy, config, run_dir, seed, callbacks):
         seed=seed,
         # Equal shares for every replica; a single replica keeps every image.
         drop_remainder=strategy.num_replicas_in_sync > 1,
+        binarize=config.binarize,
     )
-    test_data = data.load(config.dataset, "test", batch_size=256, limit=config.test_limit)
+    test_data = data.load(
+        config.dataset,
+        "test",
+        batch_size=256,
+        limit=config.test_limit,
+        binarize="fixed" if config.binarize else None,
+    )
 
     def schedule(epoch, _):
         return config.learning_rate * config.learning_rate_decay**epoch
@@ -214,4 +232,60 @@ def _fit(model, strategy, config, run_dir, seed, callbacks):
         "machine": machine_description(),
     }
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+# -- the command line every training recipe shares -----------------------------
+
+
+def recipe_argument_parser(description, defaults):
+    """An argparse parser of the TrainConfig fields every recipe takes.
+
+    ``defaults`` is the recipe's ``TrainConfig``; recipes add their model's
+    own options and pass them to ``run_recipe`` as ``model_overrides``.
+    """
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--model", default=defaults.model)
+    parser.add_argument("--dataset", default=defaults.dataset)
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--precision", choices=PRECISIONS, default=defaults.precision)
+    parser.add_argument("--strategy", choices=STRATEGIES, default=defaults.strategy)
+    parser.add_argument("--output-dir", default=defaults.output_dir)
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    parser.add_argument("--learning-rate-decay", type=float, default=defaults.learning_rate_decay,
+                        help="factor per epoch")
+    parser.add_argument("--clip-norm", type=float, default=defaults.clip_norm,
+                        help="clip the global gradient norm to this")
+    parser.add_argument("--train-limit", type=int, help="first N training images")
+    parser.add_argument("--test-limit", type=int, help="first N test images")
+    parser.add_argument("--steps-per-epoch", type=int)
+    parser.add_argument("--init-weights", help="start from a weights file (e.g. a snapshot)")
+    parser.add_argument("--initial-epoch", type=int, default=0,
+                        help="with --init-weights: epochs already done (continues the LR schedule)")
+    parser.add_argument("--logical-cpus", type=int, default=0,
+                        help="split the CPU into N logical devices (for --strategy mirrored)")
+    parser.add_argument("--verbose", type=int, default=defaults.verbose,
+                        help="1: progress bar; 2: one line per epoch (for logs written to a file)")
+    parser.set_defaults(
+        **{field.name: getattr(defaults, field.name) for field in dataclasses.fields(TrainConfig)}
+    )
+    return parser
+
+
+def run_recipe(args, model_overrides=None):
+    """Train the TrainConfig that parsed ``args`` give; print the test metrics."""
+    if args.logical_cpus:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * args.logical_cpus
+        )
+    fields = {field.name for field in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    if model_overrides:
+        config.model_overrides = {**config.model_overrides, **model_overrides}
+    metrics = train(config)
+    print(json.dumps(metrics["test"], indent=2))
     return metrics

@@ -13,6 +13,19 @@ Where the arrays come from, in order:
 (the first 1,000 of the test split), for the demo and fast tests.
 
 Images come out float32 in [0, 1], shape ``(28, 28, 1)``; labels int32.
+
+Binarized MNIST (for the Bernoulli likelihood of DRAW and DCRW), with
+``binarize=``:
+
+- ``"stochastic"``: every pixel is 1 with probability its intensity, drawn
+  anew every epoch (dynamic binarization; training);
+- ``"fixed"``: one such draw with a fixed seed (``FIXED_BINARIZATION_SEED``),
+  the same on every call and machine: the test set on which bounds are
+  reported. This is the procedure of the standard fixed binarization
+  (Larochelle & Murray 2011, used by the DRAW paper), but not its draw, which
+  is a separate download; numbers are close, not identical.
+- ``"threshold"``: intensity > 0.5 (an easier, deterministic task; not
+  comparable with published bounds).
 """
 
 import os
@@ -30,6 +43,8 @@ _KERAS_LOADERS = {
 }
 DATASETS = tuple(_KERAS_LOADERS) + ("mnist_sample",)
 SPLITS = ("train", "test")
+BINARIZATIONS = ("stochastic", "fixed", "threshold")
+FIXED_BINARIZATION_SEED = 20151104
 
 
 class DataUnavailableError(RuntimeError):
@@ -85,6 +100,24 @@ def _random_shift(image, max_shift, seed):
     return tf.slice(padded, [offsets[0], offsets[1], 0], [size[0], size[1], -1])
 
 
+def _bernoulli(image, seed):
+    """Pixels set to 1 with probability their intensity (a stateless draw)."""
+    uniform = tf.random.stateless_uniform(tf.shape(image), seed=seed)
+    return tf.cast(uniform < image, image.dtype)
+
+
+def binarize_fixed(images):
+    """The ``"fixed"`` binarization of float images in [0, 1] (numpy, repeatable)."""
+    rng = np.random.default_rng(FIXED_BINARIZATION_SEED)
+    return (rng.random(images.shape, dtype=np.float32) < images).astype(np.float32)
+
+
+def _per_example_seeds(seed):
+    # One stateless seed pair per example, from a stream that `seed` fixes
+    # and that draws anew every epoch: repeatable, yet new every epoch.
+    return tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+
+
 def load(
     name="mnist",
     split="train",
@@ -95,6 +128,7 @@ def load(
     seed=None,
     drop_remainder=False,
     repeat=False,
+    binarize=None,
 ):
     """A batched ``tf.data.Dataset`` of ``(images, labels)``.
 
@@ -109,7 +143,11 @@ def load(
             draws new ones).
         drop_remainder: drop a last, smaller batch (training under
             tf.distribute, where replicas should get equal shares).
+        binarize: None, ``"stochastic"``, ``"fixed"`` or ``"threshold"``
+            (see the module's docstring); applied after the shifts.
     """
+    if binarize not in (None,) + BINARIZATIONS:
+        raise ValueError(f"binarize must be None or one of {BINARIZATIONS}, got {binarize!r}.")
     images, labels = load_arrays(name, split)
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
@@ -120,17 +158,27 @@ def load(
         raise ValueError(f"shift_pixels must be >= 0, got {shift_pixels}.")
 
     images = (images.astype("float32") / 255.0)[..., None]
+    if binarize == "fixed":
+        images = binarize_fixed(images)
+    elif binarize == "threshold":
+        images = (images > 0.5).astype("float32")
     dataset = tf.data.Dataset.from_tensor_slices((images, labels.astype("int32")))
     if shuffle:
         dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         dataset = dataset.repeat()
     if shift_pixels:
-        # One stateless seed per example, from a stream that `seed` fixes and
-        # that draws anew every epoch: repeatable, yet new shifts each epoch.
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        dataset = tf.data.Dataset.zip((dataset, seeds)).map(
+        dataset = tf.data.Dataset.zip((dataset, _per_example_seeds(seed))).map(
             lambda example, pair: (_random_shift(example[0], shift_pixels, pair), example[1]),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+    if binarize == "stochastic":
+        # A different stream from the shifts' (seed + 1), so the two draws
+        # are independent.
+        stream_seed = None if seed is None else seed + 1
+        dataset = tf.data.Dataset.zip((dataset, _per_example_seeds(stream_seed))).map(
+            lambda example, pair: (_bernoulli(example[0], pair), example[1]),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )

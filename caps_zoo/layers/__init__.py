@@ -1,5 +1,14 @@
 """Shared Keras layers of the zoo."""
 
 from caps_zoo.layers.capsule import Length, Mask, PrimaryCaps, RoutingCaps, squash
+from caps_zoo.layers.filterbank import FilterbankRead, FilterbankWrite
 
-__all__ = ["Length", "Mask", "PrimaryCaps", "RoutingCaps", "squash"]
+__all__ = [
+    "FilterbankRead",
+    "FilterbankWrite",
+    "Length",
+    "Mask",
+    "PrimaryCaps",
+    "RoutingCaps",
+    "squash",
+]

@@ -208,6 +208,17 @@ class CapsuleNetwork(keras.Model):
             "reconstruction": self.decode(poses, labels),
         }
 
+    def serving_endpoints(self):
+        """``{"classify": (function, input_signature)}`` for ``caps_zoo.export``."""
+
+        def classify(images):
+            outputs = dict(self(images, training=False))
+            outputs["classes"] = tf.argmax(outputs["scores"], axis=-1, output_type=tf.int64)
+            return outputs
+
+        images = tf.TensorSpec([None, *self.image_shape], tf.float32, name="images")
+        return {"classify": (classify, [images])}
+
     # -- training -----------------------------------------------------------
 
     @property

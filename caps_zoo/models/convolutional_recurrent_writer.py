@@ -1,0 +1,385 @@
+"""DRAW and DCRW: recurrent VAEs that draw on a canvas.
+
+Paper: ``shared/papers/dcrw-convolutional-recurrent-writer.txt`` (it restates
+DRAW, Gregor et al. 2015). One class, ``RecurrentWriter``, serves both. At
+each of T steps, with ``c_0 = 0`` and the decoder state ``h_dec_0 = 0``::
+
+    x^_t    = x - sigmoid(c_{t-1})                     error image
+    r_t     = read(x, x^_t, h_dec_{t-1})              FilterbankRead
+    h_enc_t = encoder([r_t, h_dec_{t-1}])
+    z_t     ~ q(z_t | h_enc_t) = N(mu_t, sigma_t)     mu = W h, sigma = exp(W h)
+    h_dec_t = LSTM_dec(h_dec_{t-1}, z_t)
+    c_t     = c_{t-1} + write(h_dec_t)                FilterbankWrite
+
+- ``draw``: the encoder is an LSTM (its input ``[r_t, h_dec_{t-1}]``). DRAW's
+  MNIST settings: 256 units in both LSTMs, z of 100, T = 64, read 2x2, write
+  5x5. ``read_attention=False, write_attention=False`` is DRAW without
+  attention (read the whole [x, x^], write through a dense layer).
+- ``dcrw``: the encoder is a CNN (Conv 3x3x32, Pool 2x2, Conv 3x3x64, Pool
+  2x2) applied each step to the 7x7 glimpse ``r_t`` (x and x^ as two
+  channels); its flattened features next to ``h_dec_{t-1}`` are ``h_enc_t``
+  (eq. 9). Decoder LSTM of 256 units, write 5x5.
+- ``dcrw_no_read_attention``: the paper's variant without attention in read
+  (eqs. 29-32): the CNN encodes x once, and every step samples its own
+  ``z_t`` from that one ``q(z | h_enc)``.
+
+The paper leaves T and the size of z unstated for DCRW. We use T = 10 (its
+Figs. 4 and 5 show the canvas at t = 1, 4, 6 and 10) and z of 100 (DRAW's);
+both are arguments.
+
+Losses, in nats per image (``caps_zoo.losses``): ``Lx = -log Bernoulli(x |
+sigmoid(c_T))`` and ``Lz = sum_t KL(q(z_t | .) || N(0, I))``; their sum is
+the negative variational lower bound. ``x`` must be binary; the data layer's
+``binarize`` option makes it so (see the recipe).
+
+Outputs of ``call`` / ``predict`` (images in, one posterior sample of z):
+``{"reconstruction": sigmoid(c_T), "canvas_logits": c_T, "latent_kl": Lz
+(batch,)}``. ``sample(n)`` draws from the prior and returns the canvas
+sequence and the write windows as well.
+"""
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from caps_zoo import losses
+from caps_zoo.layers import FilterbankRead, FilterbankWrite
+from caps_zoo.registry import register_model
+
+PAPER = "dcrw-convolutional-recurrent-writer.txt"
+ENCODERS = ("lstm", "cnn")
+
+
+@keras.saving.register_keras_serializable(package="caps_zoo")
+class RecurrentWriter(keras.Model):
+    """DRAW (LSTM encoder) or DCRW (CNN encoder): a sequential VAE.
+
+    Args:
+        image_shape: ``(height, width, channels)`` of binary images.
+        steps: T, the number of drawing steps.
+        latent_dim: size of each ``z_t``.
+        encoder: ``"lstm"`` (DRAW) or ``"cnn"`` (DCRW).
+        encoder_units: LSTM encoder units (``encoder="lstm"`` only).
+        cnn_filters: filters of the CNN encoder's two 3x3 convolutions.
+        decoder_units: LSTM decoder units.
+        read_attention / read_size: ``FilterbankRead``. With the CNN encoder
+            and no read attention, x is encoded once (the paper's variant).
+        write_attention / write_size: ``FilterbankWrite``.
+        seed: seed of the posterior noise drawn in ``call``.
+    """
+
+    def __init__(
+        self,
+        image_shape=(28, 28, 1),
+        steps=64,
+        latent_dim=100,
+        encoder="lstm",
+        encoder_units=256,
+        cnn_filters=(32, 64),
+        decoder_units=256,
+        read_attention=True,
+        read_size=2,
+        write_attention=True,
+        write_size=5,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {ENCODERS}, got '{encoder}'.")
+        if int(steps) < 1 or int(latent_dim) < 1:
+            raise ValueError(f"steps and latent_dim must be >= 1; got {steps} and {latent_dim}.")
+        self.image_shape = tuple(int(v) for v in image_shape)
+        self.steps = int(steps)
+        self.latent_dim = int(latent_dim)
+        self.encoder = encoder
+        self.encoder_units = int(encoder_units)
+        self.cnn_filters = tuple(int(v) for v in cnn_filters)
+        self.decoder_units = int(decoder_units)
+        self.read_attention = bool(read_attention)
+        self.read_size = int(read_size)
+        self.write_attention = bool(write_attention)
+        self.write_size = int(write_size)
+        self.seed = seed
+        # DCRW without read attention encodes x once (eq. 29).
+        self.encode_once = encoder == "cnn" and not self.read_attention
+
+        self.reader = FilterbankRead(self.read_size, attention=self.read_attention, name="read")
+        if encoder == "lstm":
+            self.encoder_cell = keras.layers.LSTMCell(self.encoder_units, name="encoder_lstm")
+        else:
+            first, second = self.cnn_filters
+            self.encoder_cnn = keras.Sequential(
+                [
+                    keras.layers.Conv2D(first, 3, padding="same", activation="relu", name="conv1"),
+                    keras.layers.MaxPooling2D(2, name="pool1"),
+                    keras.layers.Conv2D(second, 3, padding="same", activation="relu", name="conv2"),
+                    keras.layers.MaxPooling2D(2, name="pool2"),
+                    keras.layers.Flatten(name="flatten"),
+                ],
+                name="encoder_cnn",
+            )
+        # float32: exp(log sigma) and the KL are sensitive to rounding.
+        self.posterior_mean = keras.layers.Dense(self.latent_dim, dtype="float32", name="posterior_mean")
+        self.posterior_log_std = keras.layers.Dense(
+            self.latent_dim, dtype="float32", name="posterior_log_std"
+        )
+        self.decoder_cell = keras.layers.LSTMCell(self.decoder_units, name="decoder_lstm")
+        self.writer = FilterbankWrite(
+            self.write_size, self.image_shape, attention=self.write_attention, name="write"
+        )
+        self.noise_seed = keras.random.SeedGenerator(seed, name="noise_seed")
+
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction_loss")
+        self.kl_tracker = keras.metrics.Mean(name="kl_loss")
+
+    # -- building --------------------------------------------------------------
+
+    def build(self, input_shape=None):
+        batch = None
+        images_shape = (batch, *self.image_shape)
+        decoder_state_shape = (batch, self.decoder_units)
+        self.reader.build(images_shape, images_shape, decoder_state_shape)
+        if self.encode_once:
+            self.encoder_cnn.build(images_shape)
+            encoding_dim = self.encoder_cnn.compute_output_shape(images_shape)[-1]
+        else:
+            glimpse_shape = self.reader.compute_output_shape(images_shape)
+            if self.encoder == "lstm":
+                flat = glimpse_shape[1] * glimpse_shape[2] * glimpse_shape[3]
+                self.encoder_cell.build((batch, flat + self.decoder_units))
+                encoding_dim = self.encoder_units
+            else:
+                self.encoder_cnn.build(glimpse_shape)
+                encoding_dim = (
+                    self.encoder_cnn.compute_output_shape(glimpse_shape)[-1] + self.decoder_units
+                )
+        self.posterior_mean.build((batch, encoding_dim))
+        self.posterior_log_std.build((batch, encoding_dim))
+        self.decoder_cell.build((batch, self.latent_dim))
+        self.writer.build(decoder_state_shape)
+        self.built = True
+
+    # -- the recurrence --------------------------------------------------------
+
+    def _check_images(self, images):
+        if len(images.shape) != 4 or tuple(images.shape[1:]) != self.image_shape:
+            raise ValueError(
+                f"{self.name} expects images of shape (batch, {', '.join(map(str, self.image_shape))}) "
+                f"with values in {{0, 1}}; got shape {tuple(images.shape)}."
+            )
+        dtype = keras.backend.standardize_dtype(images.dtype)
+        if not dtype.startswith(("float", "bfloat")):
+            raise TypeError(
+                f"{self.name} expects float images in {{0, 1}} (binarized MNIST); got dtype {dtype}. "
+                "Use caps_zoo.data.load(..., binarize='stochastic' or 'fixed')."
+            )
+
+    def _zero_state(self, batch, units):
+        return ops.zeros((batch, units), dtype=self.compute_dtype)
+
+    def _posterior(self, encoding):
+        return self.posterior_mean(encoding), self.posterior_log_std(encoding)
+
+    def _encode_step(self, images, canvas, decoder_h, encoder_state):
+        """``(h_enc_t, encoder_state)`` of one step (eqs. 7-9)."""
+        error_images = images - ops.sigmoid(canvas)
+        glimpse = self.reader(images, error_images, decoder_h)
+        if self.encoder == "lstm":
+            flat = ops.reshape(glimpse, (ops.shape(glimpse)[0], -1))
+            inputs = ops.concatenate([ops.cast(flat, self.compute_dtype), decoder_h], axis=-1)
+            encoding, encoder_state = self.encoder_cell(inputs, encoder_state)
+            return encoding, encoder_state
+        features = self.encoder_cnn(ops.cast(glimpse, self.compute_dtype))
+        return ops.concatenate([features, decoder_h], axis=-1), encoder_state
+
+    def reconstruct(self, images, noise):
+        """Encode and decode with given posterior noise ``(batch, T, latent_dim)``.
+
+        Deterministic; ``call`` draws the noise. Returns the canvas logits
+        c_T and Lz per image (nats).
+        """
+        self._check_images(images)
+        images = ops.cast(images, "float32")
+        batch = ops.shape(images)[0]
+        canvas = ops.zeros((batch, *self.image_shape), dtype="float32")
+        decoder_state = [self._zero_state(batch, self.decoder_units)] * 2
+        encoder_state = None
+        if self.encoder == "lstm":
+            encoder_state = [self._zero_state(batch, self.encoder_units)] * 2
+        if self.encode_once:
+            once = self._posterior(self.encoder_cnn(ops.cast(images, self.compute_dtype)))
+        latent_kl = ops.zeros((batch,), dtype="float32")
+        for step in range(self.steps):
+            if self.encode_once:
+                mean, log_std = once
+            else:
+                encoding, encoder_state = self._encode_step(
+                    images, canvas, decoder_state[0], encoder_state
+                )
+                mean, log_std = self._posterior(encoding)
+            latent_kl = latent_kl + losses.gaussian_kl_nats(mean, log_std)
+            z = mean + ops.exp(log_std) * noise[:, step]
+            decoder_h, decoder_state = self.decoder_cell(ops.cast(z, self.compute_dtype), decoder_state)
+            canvas = canvas + ops.cast(self.writer(decoder_h), "float32")
+        return canvas, latent_kl
+
+    def call(self, images, training=False):
+        noise = keras.random.normal(
+            (ops.shape(images)[0], self.steps, self.latent_dim), seed=self.noise_seed
+        )
+        canvas, latent_kl = self.reconstruct(images, noise)
+        return {
+            "reconstruction": ops.sigmoid(canvas),
+            "canvas_logits": canvas,
+            "latent_kl": latent_kl,
+        }
+
+    def generate(self, noise, return_sequence=False):
+        """Draw from prior noise ``(n, T', latent_dim)``; T' may differ from T.
+
+        Returns ``sigmoid(c_T')`` ``(n, height, width, channels)``; with
+        ``return_sequence`` a dict that adds ``canvases`` ``(T', n, h, w, c)``
+        (``sigmoid(c_t)`` after every step) and ``write_windows`` (a dict of
+        ``(T', n)`` tensors: centre, stride, variance, intensity in pixels;
+        None without write attention).
+        """
+        noise = ops.convert_to_tensor(noise)
+        if len(noise.shape) != 3 or noise.shape[-1] != self.latent_dim:
+            raise ValueError(
+                f"noise must be (n, steps, {self.latent_dim}); got shape {tuple(noise.shape)}."
+            )
+        batch, steps = ops.shape(noise)[0], noise.shape[1]
+        canvas = ops.zeros((batch, *self.image_shape), dtype="float32")
+        decoder_state = [self._zero_state(batch, self.decoder_units)] * 2
+        canvases, windows = [], []
+        for step in range(steps):
+            decoder_h, decoder_state = self.decoder_cell(
+                ops.cast(noise[:, step], self.compute_dtype), decoder_state
+            )
+            update, window = self.writer(decoder_h, return_window=True)
+            canvas = canvas + ops.cast(update, "float32")
+            if return_sequence:
+                canvases.append(ops.sigmoid(canvas))
+                windows.append(window)
+        images = ops.sigmoid(canvas)
+        if not return_sequence:
+            return images
+        write_windows = None
+        if self.write_attention:
+            write_windows = {key: ops.stack([w[key] for w in windows]) for key in windows[0]}
+        return {"images": images, "canvases": ops.stack(canvases), "write_windows": write_windows}
+
+    def sample(self, n, steps=None, seed=None):
+        """``n`` images from the prior, with the canvas sequence and write windows.
+
+        ``steps`` defaults to the T the model was trained with. Returns numpy
+        arrays: ``images``, ``canvases`` and ``write_windows`` as in ``generate``.
+        """
+        steps = self.steps if steps is None else int(steps)
+        noise = keras.random.normal((int(n), steps, self.latent_dim), seed=seed)
+        drawn = self.generate(noise, return_sequence=True)
+        return keras.tree.map_structure(ops.convert_to_numpy, drawn)
+
+    def serving_endpoints(self):
+        """``generate`` (noise to images) and ``reconstruct`` for ``caps_zoo.export``."""
+
+        def generate(noise):
+            return {"images": self.generate(noise)}
+
+        def reconstruct(images, noise):
+            canvas, latent_kl = self.reconstruct(images, noise)
+            return {
+                "reconstruction": ops.sigmoid(canvas),
+                "canvas_logits": canvas,
+                "latent_kl": latent_kl,
+            }
+
+        noise = tf.TensorSpec([None, self.steps, self.latent_dim], tf.float32, name="noise")
+        images = tf.TensorSpec([None, *self.image_shape], tf.float32, name="images")
+        return {"generate": (generate, [noise]), "reconstruct": (reconstruct, [images, noise])}
+
+    # -- training --------------------------------------------------------------
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.reconstruction_tracker, self.kl_tracker]
+
+    def _nats_per_image(self, images, training):
+        images, _, sample_weight = keras.utils.unpack_x_y_sample_weight(images)
+        if sample_weight is not None:
+            raise ValueError("RecurrentWriter does not support sample weights.")
+        outputs = self(images, training=training)
+        reconstruction = losses.bernoulli_nll_nats(images, outputs["canvas_logits"])
+        return reconstruction, outputs["latent_kl"]
+
+    def _update_metrics(self, reconstruction, latent_kl):
+        # Unscaled per-replica values: Mean aggregates over replicas.
+        self.loss_tracker.update_state(reconstruction + latent_kl)
+        self.reconstruction_tracker.update_state(reconstruction)
+        self.kl_tracker.update_state(latent_kl)
+        return {metric.name: metric.result() for metric in self.metrics}
+
+    def train_step(self, data):
+        with tf.GradientTape() as tape:
+            reconstruction, latent_kl = self._nats_per_image(data, training=True)
+            loss = ops.mean(reconstruction + latent_kl)
+            # Gradients are summed over replicas: each replica contributes
+            # its share of the global mean.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            scaled_loss = self.optimizer.scale_loss(loss / replicas)
+        gradients = tape.gradient(scaled_loss, self.trainable_variables)
+        self.optimizer.apply(gradients, self.trainable_variables)
+        return self._update_metrics(reconstruction, latent_kl)
+
+    def test_step(self, data):
+        return self._update_metrics(*self._nats_per_image(data, training=False))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            image_shape=self.image_shape,
+            steps=self.steps,
+            latent_dim=self.latent_dim,
+            encoder=self.encoder,
+            encoder_units=self.encoder_units,
+            cnn_filters=self.cnn_filters,
+            decoder_units=self.decoder_units,
+            read_attention=self.read_attention,
+            read_size=self.read_size,
+            write_attention=self.write_attention,
+            write_size=self.write_size,
+            seed=self.seed,
+        )
+        return config
+
+
+DRAW_CONFIG = dict(encoder="lstm", steps=64, read_size=2, write_size=5)
+DCRW_CONFIG = dict(encoder="cnn", steps=10, read_size=7, write_size=5)
+DCRW_NO_READ_ATTENTION_CONFIG = dict(DCRW_CONFIG, read_attention=False)
+
+
+def _build(name, defaults, overrides):
+    model = RecurrentWriter(name=overrides.pop("name", name), **{**defaults, **overrides})
+    model.build()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    return model
+
+
+@register_model(paper=PAPER, pretrained=())
+def draw(**overrides):
+    """DRAW with attention (Gregor et al. 2015): LSTM encoder and decoder, T = 64."""
+    return _build("draw", DRAW_CONFIG, overrides)
+
+
+@register_model(paper=PAPER, pretrained=())
+def dcrw(**overrides):
+    """DCRW: a CNN encoder on 7x7 attended glimpses, an LSTM decoder, write 5x5."""
+    return _build("dcrw", DCRW_CONFIG, overrides)
+
+
+@register_model(paper=PAPER, pretrained=())
+def dcrw_no_read_attention(**overrides):
+    """DCRW without attention in read: the CNN encodes x once, z_t sampled every step."""
+    return _build("dcrw_no_read_attention", DCRW_NO_READ_ATTENTION_CONFIG, overrides)
