@@ -1,4 +1,5 @@
-"""Figures of a capsule network's reconstructions (matplotlib).
+"""Figures of the zoo's models: capsule reconstructions, and drawings of the
+recurrent writers (matplotlib and Pillow).
 
     from caps_zoo import plots
 
@@ -10,6 +11,15 @@ dimension of an image's class capsule at a time is shifted by each of a
 range of small deltas and the decoder redraws the digit, showing what each
 dimension has learnt to encode (stroke width, skew, scale, ...).
 ``perturbed_reconstructions`` is its computational part (numpy, no plotting).
+
+``drawing_strip`` and ``drawing_gif`` show how DRAW and DCRW draw: the canvas
+``sigmoid(c_t)`` after each step, with the patch written at that step drawn
+as a red box (as in the DRAW paper's figures). Both take the dict that
+``RecurrentWriter.sample`` returns.
+
+    drawn = caps_zoo.load("draw").sample(8)
+    plots.drawing_strip(drawn, "draw_strip.png")
+    plots.drawing_gif(drawn, "draw.gif")
 
 Figures are ``matplotlib.figure.Figure`` objects made without pyplot: no
 backend or display is needed (servers), no global pyplot state is touched,
@@ -46,11 +56,17 @@ def reconstruction_grid(images, reconstructions, labels, predictions, path=None,
         colour = "black" if label == predicted else "red"
         left.set_title(f"true {label}", fontsize=7)
         right.set_title(f"pred {predicted}", fontsize=7, color=colour)
-    figure.suptitle("inputs (gray) beside reconstructions from the predicted capsule", fontsize=9)
+    return _finish(figure, "inputs (gray) beside reconstructions from the predicted capsule", path)
+
+
+def _finish(figure, title, path, dpi=120):
+    """Title and lay out ``figure``; with ``path`` save it there and return
+    ``path``, else return the figure (shown inline in a notebook)."""
+    figure.suptitle(title, fontsize=9)
     figure.tight_layout()
     if path is None:
         return figure
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=dpi)
     return path
 
 
@@ -167,3 +183,106 @@ def pose_perturbation_grid(
     if path is not None:
         figure.savefig(path, dpi=120)
     return figure
+
+
+# -- drawings of the recurrent writers (DRAW, DCRW) ----------------------------
+
+BOX_COLOUR = (230, 40, 40)
+
+
+def _drawing_parts(drawn):
+    canvases = np.asarray(drawn["canvases"], dtype=np.float32)
+    if canvases.ndim != 5:
+        raise ValueError(
+            "expected the dict of RecurrentWriter.sample(): canvases (steps, n, height, width, "
+            f"channels); got canvases of shape {canvases.shape}."
+        )
+    boxes = drawn.get("write_boxes")
+    return canvases, None if boxes is None else np.asarray(boxes, dtype=np.float32)
+
+
+def _step_indices(steps, columns):
+    """``columns`` steps spread evenly from the first to the last."""
+    if steps <= columns:
+        return list(range(steps))
+    return sorted(set(np.linspace(0, steps - 1, columns).round().astype(int).tolist()))
+
+
+def drawing_strip(drawn, path=None, columns=10, max_rows=8):
+    """One row per sample: the canvas at ``columns`` steps from first to last.
+
+    The red box is the patch written at that step. With ``path``: saves a
+    PNG, returns ``path``; without, returns the figure.
+    """
+    from matplotlib.patches import Rectangle
+
+    canvases, boxes = _drawing_parts(drawn)
+    steps, count = canvases.shape[:2]
+    rows = min(count, max_rows)
+    picked = _step_indices(steps, columns)
+    figure = Figure(figsize=(len(picked) * 1.0, rows * 1.05 + 0.4))
+    axes = np.atleast_2d(figure.subplots(rows, len(picked), squeeze=False))
+    for row in range(rows):
+        for column, step in enumerate(picked):
+            axis = axes[row, column]
+            axis.imshow(canvases[step, row].squeeze(-1) if canvases.shape[-1] == 1
+                        else canvases[step, row], cmap="gray", vmin=0, vmax=1)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if boxes is not None:
+                x0, y0, x1, y1 = boxes[step, row]
+                axis.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False,
+                                         edgecolor=np.array(BOX_COLOUR) / 255, linewidth=1))
+            if row == 0:
+                axis.set_title(f"t={step + 1}", fontsize=8)
+    return _finish(figure, "canvas sigmoid(c_t) after step t; red: the patch written at t", path)
+
+
+def drawing_frames(drawn, scale=4, columns=8, max_images=16):
+    """The animation's frames as uint8 RGB arrays, one per step: a grid of
+    canvases enlarged ``scale`` times, with each step's write box in red."""
+    canvases, boxes = _drawing_parts(drawn)
+    steps, count, height, width = canvases.shape[:4]
+    count = min(count, max_images)
+    columns = min(columns, count)
+    rows = int(np.ceil(count / columns))
+    gap = 2
+    frames = []
+    for step in range(steps):
+        frame = np.full(((height * scale + gap) * rows, (width * scale + gap) * columns, 3), 64, np.uint8)
+        for index in range(count):
+            row, column = divmod(index, columns)
+            tile = canvases[step, index]
+            tile = np.repeat(tile, 3, axis=-1) if tile.shape[-1] == 1 else tile
+            tile = (np.clip(tile, 0, 1) * 255).astype(np.uint8)
+            tile = tile.repeat(scale, axis=0).repeat(scale, axis=1)
+            top, left = row * (height * scale + gap), column * (width * scale + gap)
+            if boxes is not None:
+                _draw_box(tile, boxes[step, index] * scale + scale / 2)
+            frame[top : top + height * scale, left : left + width * scale] = tile
+        frames.append(frame)
+    return frames
+
+
+def _draw_box(tile, box):
+    """A 1-pixel red rectangle on ``tile``, clipped to it."""
+    height, width = tile.shape[:2]
+    x0, y0, x1, y1 = np.round(box).astype(int)
+    xs, ys = np.clip([x0, x1], 0, width - 1), np.clip([y0, y1], 0, height - 1)
+    for y in (y0, y1):
+        if 0 <= y < height:
+            tile[y, xs[0] : xs[1] + 1] = BOX_COLOUR
+    for x in (x0, x1):
+        if 0 <= x < width:
+            tile[ys[0] : ys[1] + 1, x] = BOX_COLOUR
+
+
+def drawing_gif(drawn, path, scale=4, columns=8, max_images=16, frame_ms=80, hold_ms=1500):
+    """An animated GIF of the drawing: one frame per step, the last held
+    ``hold_ms``. Returns ``path``."""
+    from PIL import Image
+
+    frames = [Image.fromarray(frame) for frame in drawing_frames(drawn, scale, columns, max_images)]
+    durations = [frame_ms] * (len(frames) - 1) + [hold_ms]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations, loop=0)
+    return path

@@ -6,10 +6,11 @@
 
 Takes ``final.weights.npz`` if the run finished, else its latest
 ``snapshot.weights.npz``, and copies the run's ``log.csv`` beside it. Stores
-float16, then measures the test metrics with the float16 weights as they
-will be loaded: on the full test split and, for
-MNIST, on the shipped 1,000-image sample (``tests/test_pretrained.py`` checks
-the latter).
+float16, then measures every metric of ``model.evaluate`` with the float16
+weights as they will be loaded: on the full test split and, for MNIST, on the
+shipped 1,000-image sample (``tests/test_pretrained.py`` checks the latter).
+Runs of the Bernoulli VAEs (DRAW, DCRW) are measured on the fixed
+binarization.
 """
 
 import argparse
@@ -37,6 +38,8 @@ def main(argv=None):
                         help="training wall time so far; default: from the run's progress.json")
     parser.add_argument("--tag", default="mnist")
     parser.add_argument("--notes", default="", help="e.g. how the machine was shared")
+    parser.add_argument("--status", help="e.g. why a run was stopped early; default: finished, "
+                                         "or in training with the epochs done")
     args = parser.parse_args(argv)
 
     run_dir = Path(args.run_dir)
@@ -65,7 +68,7 @@ def main(argv=None):
         wall_hours = round(json.loads(progress_path.read_text())["train_seconds"] / 3600, 2)
 
     # The run's architecture overrides travel in the metadata; load() applies them.
-    overrides = {}
+    overrides = dict(config.get("model_overrides") or {})
     if config.get("routing_iterations"):
         overrides["routing_iterations"] = list(config["routing_iterations"])
     with tempfile.TemporaryDirectory() as scratch:
@@ -75,36 +78,57 @@ def main(argv=None):
     # Store float16 first, then measure what users will actually load.
     weights_path = Path(registry.save_pretrained(model, config["model"], args.tag))
     model = caps_zoo.load(config["model"], weights=args.tag, **overrides)
-    test = model.evaluate(data.load(config["dataset"], "test", batch_size=250),
+    # The Bernoulli VAEs are measured on the fixed binarization (see caps_zoo.data).
+    binarize = "fixed" if config.get("binarize") else None
+    test = model.evaluate(data.load(config["dataset"], "test", batch_size=250, binarize=binarize),
                           return_dict=True, verbose=1)
     sample = {}
     if config["dataset"] == "mnist":
-        sample = model.evaluate(data.load("mnist_sample", "test", batch_size=250),
+        sample = model.evaluate(data.load("mnist_sample", "test", batch_size=250, binarize=binarize),
                                 return_dict=True, verbose=0)
     train_count = data.num_examples(config["dataset"], "train", config.get("train_limit"))
     test_count = data.num_examples(config["dataset"], "test")  # all of it, as evaluated above
     steps = config.get("steps_per_epoch")
+    augmentation = []
+    if config.get("shift_pixels"):
+        augmentation.append(f"random shifts of up to {config['shift_pixels']} px")
+    if config.get("binarize"):
+        augmentation.append(f"binarized '{config['binarize']}' (new Bernoulli draws every epoch)"
+                            if config["binarize"] == "stochastic" else f"binarized '{config['binarize']}'")
+    if steps:
+        augmentation.append(f"{steps} steps of {config['batch_size']} per epoch")
+    test_split = f"{test_count:,} test images" + (
+        f" binarized '{binarize}' (caps_zoo.data, seed {data.FIXED_BINARIZATION_SEED})" if binarize else "")
+    val_columns = [c for c in ("val_accuracy", "val_loss") if c in log[0]]
+    best_in_log = {}
+    if "val_accuracy" in val_columns:
+        best_in_log["best_val_accuracy_in_log"] = max(float(row["val_accuracy"]) for row in log)
+    elif "val_loss" in val_columns:
+        best_in_log["best_val_loss_in_log"] = min(float(row["val_loss"]) for row in log)
     metadata = {
-        "status": "finished" if finished else f"in training: snapshot after epoch {epochs_completed} of {config['epochs']}",
+        "status": args.status or ("finished" if finished else
+                                  f"in training: snapshot after epoch {epochs_completed} of {config['epochs']}"),
         "recipe_command": args.command,
-        "data": f"{config['dataset']}: {train_count:,} training images (random shifts of up "
-                f"to {config['shift_pixels']} px"
-                + (f"; {steps} steps of {config['batch_size']} per epoch" if steps else "")
-                + f"), evaluated on {test_count:,} test images",
+        "data": f"{config['dataset']}: {train_count:,} training images"
+                + (f" ({'; '.join(augmentation)})" if augmentation else "")
+                + f", evaluated on {test_split}",
         "model_overrides": overrides,
         "epochs_planned": config["epochs"],
         "epochs_completed": epochs_completed,
         "precision": config["precision"],
         "batch_size": config["batch_size"],
-        "routing_iterations": [s.routing_iterations for s in model.routing_stages],
+        **({"routing_iterations": [s.routing_iterations for s in model.routing_stages]}
+           if hasattr(model, "routing_stages") else {}),
         "wall_hours": wall_hours,
         "machine": machine_description(),
-        "test_accuracy": test["accuracy"],
-        "test_loss": test["loss"],
-        **({"sample_accuracy": sample["accuracy"],
-            "sample": "caps_zoo/data/mnist_test_sample.npz (first 1,000 MNIST test images)"}
-           if sample else {}),
-        "best_val_accuracy_in_log": max(float(row["val_accuracy"]) for row in log),
+        # Every metric of model.evaluate: accuracy and losses of the capsule
+        # networks; for DRAW/DCRW loss = Lx + Lz, the negative lower bound,
+        # reconstruction_loss = Lx, kl_loss = Lz, in nats per image.
+        **{f"test_{name}": value for name, value in test.items()},
+        **{f"sample_{name}": value for name, value in sample.items()},
+        **({"sample": "caps_zoo/data/mnist_test_sample.npz (first 1,000 MNIST test images"
+                      + (f", binarized '{binarize}')" if binarize else ")")} if sample else {}),
+        **best_in_log,
         "measured_by": "recipes/ship_weights.py with the float16 weights as shipped",
         "measured_on": datetime.date.today().isoformat(),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},

@@ -103,3 +103,48 @@ def test_demo_uses_the_moved_function():
     from caps_zoo import demo
 
     assert demo.reconstruction_grid is plots.reconstruction_grid
+
+
+# -- drawings of the recurrent writers ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def drawn():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    return caps_zoo.create_model("draw", steps=4).sample(3, seed=1)
+
+
+def test_drawing_strip_writes_a_png(drawn, tmp_path):
+    path = plots.drawing_strip(drawn, tmp_path / "strip.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    figure = plots.drawing_strip(drawn)
+    assert len(figure.axes) == 3 * 4  # one row per sample, one column per step
+    assert len(figure.axes[0].patches) == 1  # the write box
+
+
+def test_drawing_gif_has_one_frame_per_step_with_the_box(drawn, tmp_path):
+    from PIL import Image
+
+    frames = plots.drawing_frames(drawn, scale=2)
+    assert len(frames) == 4 and frames[0].dtype == np.uint8
+    red = np.all(frames[-1] == plots.BOX_COLOUR, axis=-1)
+    assert red.any()  # the write window is drawn
+    path = plots.drawing_gif(drawn, tmp_path / "drawing.gif", scale=2)
+    with Image.open(path) as gif:
+        assert gif.n_frames == 4
+
+
+def test_drawing_without_write_attention_has_no_boxes(tmp_path):
+    model = caps_zoo.create_model("draw", steps=2, read_attention=False, write_attention=False)
+    drawn = model.sample(2)
+    assert drawn["write_boxes"] is None
+    frames = plots.drawing_frames(drawn)
+    assert not np.all(frames[-1] == plots.BOX_COLOUR, axis=-1).any()
+    assert plots.drawing_strip(drawn, tmp_path / "strip.png").is_file()
+
+
+def test_drawing_rejects_other_input():
+    with pytest.raises(ValueError, match="RecurrentWriter.sample"):
+        plots.drawing_strip({"canvases": np.zeros((28, 28))})

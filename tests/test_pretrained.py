@@ -6,16 +6,30 @@ import caps_zoo
 from caps_zoo import data
 
 
+# The recurrent writers sample z: their bound on 1,000 images varies by a
+# few tenths of a nat between evaluations.
+SAMPLED_BOUND_TOLERANCE_NATS = 1.5
+
+
 @pytest.mark.parametrize("name", caps_zoo.list_models(pretrained=True))
-def test_shipped_weights_reach_stated_accuracy_on_shipped_sample(name):
+def test_shipped_weights_reach_stated_metrics_on_shipped_sample(name):
     metadata = caps_zoo.load_metadata(name)
     model = caps_zoo.load(name)  # weights="mnist", the default
+    binarize = "fixed" if "binarized" in metadata["sample"] else None
     metrics = model.evaluate(
-        data.load("mnist_sample", "test", batch_size=250), return_dict=True, verbose=0
+        data.load("mnist_sample", "test", batch_size=250, binarize=binarize),
+        return_dict=True,
+        verbose=0,
     )
-    # One image of 1,000 may flip between CPUs (summation order).
-    assert metrics["accuracy"] == pytest.approx(metadata["sample_accuracy"], abs=1e-3)
-    assert metadata["test_accuracy"] > 0.98  # a trained model, not a random one
+    if "sample_accuracy" in metadata:
+        # One image of 1,000 may flip between CPUs (summation order).
+        assert metrics["accuracy"] == pytest.approx(metadata["sample_accuracy"], abs=1e-3)
+        assert metadata["test_accuracy"] > 0.98  # a trained model, not a random one
+    else:
+        assert metrics["loss"] == pytest.approx(
+            metadata["sample_loss"], abs=SAMPLED_BOUND_TOLERANCE_NATS
+        )
+        assert metadata["test_loss"] < 200  # nats; a random init scores about 540
     for key in ("recipe_command", "data", "epochs_completed", "wall_hours", "machine"):
         assert metadata[key], key
 

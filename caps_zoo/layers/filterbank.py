@@ -41,6 +41,18 @@ def attention_window(raw_params, height, width, patch_size):
     }
 
 
+def window_box(window, patch_size):
+    """The window's extent as ``(..., 4)``: x0, y0, x1, y1 in 0-based pixels.
+
+    The box spans the first and last filter centres, ``g +- (N - 1) / 2 *
+    delta`` (what the papers' figures draw).
+    """
+    half = (patch_size - 1) / 2 * window["stride"]
+    # Filter centres are 1-based pixel coordinates; image arrays are 0-based.
+    x, y = window["center_x"] - 1.0, window["center_y"] - 1.0
+    return ops.stack([x - half, y - half, x + half, y + half], axis=-1)
+
+
 def filterbank(center, stride, variance, patch_size, image_size):
     """``F[b, i, a]`` of eq. 25/26: shape ``(batch, patch_size, image_size)``.
 

@@ -44,6 +44,8 @@ from keras import ops
 
 from caps_zoo import losses
 from caps_zoo.layers import FilterbankRead, FilterbankWrite
+from caps_zoo.layers.filterbank import window_box
+from caps_zoo.models.builder import build_compiled
 from caps_zoo.registry import register_model
 
 PAPER = "dcrw-convolutional-recurrent-writer.txt"
@@ -266,21 +268,30 @@ class RecurrentWriter(keras.Model):
         images = ops.sigmoid(canvas)
         if not return_sequence:
             return images
-        write_windows = None
+        write_windows = write_boxes = None
         if self.write_attention:
             write_windows = {key: ops.stack([w[key] for w in windows]) for key in windows[0]}
-        return {"images": images, "canvases": ops.stack(canvases), "write_windows": write_windows}
+            write_boxes = window_box(write_windows, self.write_size)
+        return {
+            "images": images,
+            "canvases": ops.stack(canvases),
+            "write_windows": write_windows,
+            "write_boxes": write_boxes,
+        }
 
     def sample(self, n, steps=None, seed=None):
         """``n`` images from the prior, with the canvas sequence and write windows.
 
         ``steps`` defaults to the T the model was trained with. Returns numpy
-        arrays: ``images``, ``canvases`` and ``write_windows`` as in ``generate``.
+        arrays: ``images``, ``canvases``, ``write_windows`` and ``write_boxes``
+        as in ``generate``.
         """
         steps = self.steps if steps is None else int(steps)
         noise = keras.random.normal((int(n), steps, self.latent_dim), seed=seed)
         drawn = self.generate(noise, return_sequence=True)
-        return keras.tree.map_structure(ops.convert_to_numpy, drawn)
+        return keras.tree.map_structure(
+            lambda value: None if value is None else ops.convert_to_numpy(value), drawn
+        )
 
     def serving_endpoints(self):
         """``generate`` (noise to images) and ``reconstruct`` for ``caps_zoo.export``."""
@@ -360,26 +371,19 @@ DCRW_CONFIG = dict(encoder="cnn", steps=10, read_size=7, write_size=5)
 DCRW_NO_READ_ATTENTION_CONFIG = dict(DCRW_CONFIG, read_attention=False)
 
 
-def _build(name, defaults, overrides):
-    model = RecurrentWriter(name=overrides.pop("name", name), **{**defaults, **overrides})
-    model.build()
-    model.compile(optimizer=keras.optimizers.Adam(1e-3))
-    return model
-
-
-@register_model(paper=PAPER, pretrained=())
+@register_model(paper=PAPER, pretrained=("mnist",))
 def draw(**overrides):
     """DRAW with attention (Gregor et al. 2015): LSTM encoder and decoder, T = 64."""
-    return _build("draw", DRAW_CONFIG, overrides)
+    return build_compiled(RecurrentWriter, "draw", DRAW_CONFIG, overrides)
 
 
-@register_model(paper=PAPER, pretrained=())
+@register_model(paper=PAPER, pretrained=("mnist",))
 def dcrw(**overrides):
     """DCRW: a CNN encoder on 7x7 attended glimpses, an LSTM decoder, write 5x5."""
-    return _build("dcrw", DCRW_CONFIG, overrides)
+    return build_compiled(RecurrentWriter, "dcrw", DCRW_CONFIG, overrides)
 
 
 @register_model(paper=PAPER, pretrained=())
 def dcrw_no_read_attention(**overrides):
     """DCRW without attention in read: the CNN encodes x once, z_t sampled every step."""
-    return _build("dcrw_no_read_attention", DCRW_NO_READ_ATTENTION_CONFIG, overrides)
+    return build_compiled(RecurrentWriter, "dcrw_no_read_attention", DCRW_NO_READ_ATTENTION_CONFIG, overrides)

@@ -35,6 +35,7 @@ from keras import ops
 
 from caps_zoo import losses
 from caps_zoo.layers import Length, Mask, PrimaryCaps, RoutingCaps
+from caps_zoo.models.builder import build_compiled
 from caps_zoo.registry import register_model
 
 PAPER = "deep-capsule-network.txt"
@@ -322,22 +323,13 @@ DEEP_CAPSNET_CONFIG = dict(
 )
 
 
-def _build(name, defaults, overrides):
-    model = CapsuleNetwork(name=overrides.pop("name", name), **{**defaults, **overrides})
-    model.build()
-    # Compiled, like keras-hub's task models: evaluate() and fit() work at
-    # once; compile again to change the optimizer.
-    model.compile(optimizer=keras.optimizers.Adam(1e-3))
-    return model
-
-
 @register_model(paper=PAPER, pretrained=("mnist",))
 def capsnet(**overrides):
     """CapsNet of Sabour et al. (2017) for 28x28 images; 8.2M parameters."""
-    return _build("capsnet", CAPSNET_CONFIG, overrides)
+    return build_compiled(CapsuleNetwork, "capsnet", CAPSNET_CONFIG, overrides)
 
 
 @register_model(paper=PAPER, pretrained=("mnist",))
 def deep_capsnet(**overrides):
     """Deep Capsule Network: two convolutions, two stages of dynamic routing."""
-    return _build("deep_capsnet", DEEP_CAPSNET_CONFIG, overrides)
+    return build_compiled(CapsuleNetwork, "deep_capsnet", DEEP_CAPSNET_CONFIG, overrides)
