@@ -76,6 +76,27 @@ def import_repository():
         sys.path.insert(0, str(REPO_ROOT))
 
 
+def timed_calls(call, repeats, check=None):
+    """Wall seconds of ``repeats`` calls of ``call()``; each result, if
+    ``check`` is given, is passed to it (outside the timed span)."""
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        result = call()
+        seconds.append(time.perf_counter() - started)
+        if check is not None:
+            check(result)
+    return seconds
+
+
+def timed_summary(call, repeats, images_per_call, check=None):
+    """``{"median_ms", "p90_ms", "images_per_second"}`` of ``repeats`` calls."""
+    median_ms, p90_ms, images_per_second = timing_summary(
+        timed_calls(call, repeats, check), images_per_call
+    )
+    return {"median_ms": median_ms, "p90_ms": p90_ms, "images_per_second": images_per_second}
+
+
 def timing_summary(seconds, images_per_call):
     """``(median ms, p90 ms, images/second)`` of equally sized timed calls."""
     import numpy as np

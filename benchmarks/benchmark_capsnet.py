@@ -18,7 +18,6 @@ See benchmarks/README.md for how to read the table.
 """
 
 import sys
-import time
 
 import _harness
 
@@ -93,11 +92,7 @@ def measure(args, model_name, precision):
 
     for _ in range(args.warmup_steps):
         train_step()
-    step_seconds = []
-    for _ in range(args.train_steps):
-        started = time.perf_counter()
-        train_step()
-        step_seconds.append(time.perf_counter() - started)
+    step_seconds = _harness.timed_calls(train_step, args.train_steps)
     weights_finite = all(bool(np.isfinite(w).all()) for w in model.get_weights())
 
     # -- inference, with the trained weights (speed does not depend on them).
@@ -106,18 +101,9 @@ def measure(args, model_name, precision):
         x = images[:infer_batch]
         for _ in range(args.warmup_steps):
             check_outputs(infer(x))
-        latencies = []
-        for _ in range(args.infer_repeats):
-            started = time.perf_counter()
-            outputs = infer(x)
-            latencies.append(time.perf_counter() - started)
-            check_outputs(outputs)
-        median_ms, p90_ms, images_per_second = _harness.timing_summary(latencies, infer_batch)
-        inference[str(infer_batch)] = {
-            "median_ms": median_ms,
-            "p90_ms": p90_ms,
-            "images_per_second": images_per_second,
-        }
+        inference[str(infer_batch)] = _harness.timed_summary(
+            lambda: infer(x), args.infer_repeats, infer_batch, check_outputs
+        )
 
     median_step_ms, p90_step_ms, train_images_per_second = _harness.timing_summary(
         step_seconds, batch

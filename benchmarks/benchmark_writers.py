@@ -99,11 +99,7 @@ def measure(args, model_name, precision):
     initial_loss = losses["loss"][0]
     for _ in range(args.warmup_steps - 1):
         train_step()
-    step_seconds = []
-    for _ in range(args.train_steps):
-        started = time.perf_counter()
-        train_step()
-        step_seconds.append(time.perf_counter() - started)
+    step_seconds = _harness.timed_calls(train_step, args.train_steps)
     weights_finite = all(bool(np.isfinite(w).all()) for w in model.get_weights())
 
     # -- sampling, with the trained weights (speed does not depend on them).
@@ -126,17 +122,11 @@ def measure(args, model_name, precision):
         first_call_seconds = time.perf_counter() - started  # with the trace, for the first n
         for _ in range(args.warmup_steps - 1):
             check_images(generate(noise).numpy())
-        latencies = []
-        for _ in range(args.infer_repeats):
-            started = time.perf_counter()
-            drawn = generate(noise).numpy()
-            latencies.append(time.perf_counter() - started)
-            check_images(drawn)
-        median_ms, p90_ms, images_per_second = _harness.timing_summary(latencies, n)
         sampling[str(n)] = {
-            "median_ms": median_ms,
-            "p90_ms": p90_ms,
-            "images_per_second": images_per_second,
+            **_harness.timed_summary(
+                lambda: generate(noise).numpy(),  # .numpy() waits for the result
+                args.infer_repeats, n, check_images,
+            ),
             "first_call_seconds": first_call_seconds,
         }
 

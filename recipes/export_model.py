@@ -3,9 +3,11 @@
     python recipes/export_model.py --model deep_capsnet --saved-model-dir serving \
         --tflite deep_capsnet.tflite
 
-Writes ``serving/deep_capsnet/<version>/`` (signatures ``classify`` and
-``serving_default``) and checks both exports against the Keras model on the
-shipped MNIST sample before it reports success.
+Writes ``serving/deep_capsnet/<version>/`` (the model's signatures, e.g.
+``classify``, or ``generate`` and ``reconstruct`` for DRAW/DCRW, plus
+``serving_default``) and checks both exports' default signature against the
+Keras model (on binarized images of the shipped MNIST sample, and fixed
+noise) before it reports success.
 """
 
 import argparse
@@ -31,23 +33,42 @@ def main(argv=None):
         parser.error("give --saved-model-dir, --tflite, or both")
 
     model = caps_zoo.load(args.model, weights=args.weights)
-    images = (data.load_arrays("mnist_sample", "test")[0][:16].astype("float32") / 255.0)[..., None]
-    expected = model.predict(images, verbose=0)["scores"]
+    signature = export.default_signature(model)
+    function, input_signature = model.serving_endpoints()[signature]
+    inputs = example_inputs(input_signature)
+    expected = {k: np.asarray(v) for k, v in function(**inputs).items()}
 
     exported = {}
     if args.saved_model_dir:
         version_dir = export.export_saved_model(
             model, args.saved_model_dir, version=args.version, overwrite=args.overwrite
         )
-        exported[str(version_dir)] = export.load_saved_model_signature(version_dir)(images=images)
+        exported[str(version_dir)] = export.load_saved_model_signature(version_dir, signature)(**inputs)
     if args.tflite:
-        path = export.export_tflite(model, args.tflite)
-        exported[str(path)] = export.tflite_predict(path, images)
+        path = export.export_tflite(model, args.tflite, signature)
+        exported[str(path)] = export.tflite_predict(path, **inputs)
     for where, outputs in exported.items():
-        error = float(np.abs(np.asarray(outputs["scores"]) - expected).max())
+        error = max(float(np.abs(np.asarray(outputs[k], dtype=np.float64) - v).max())
+                    for k, v in expected.items())
         if error > TOLERANCE:
-            raise SystemExit(f"{where}: scores differ from Keras by {error:.2e} (> {TOLERANCE})")
-        print(f"wrote {where} (max |scores - Keras| on 16 MNIST images: {error:.1e})")
+            raise SystemExit(f"{where}: '{signature}' differs from Keras by {error:.2e} (> {TOLERANCE})")
+        print(f"wrote {where} (max |'{signature}' outputs - Keras| on 16 examples: {error:.1e})")
+
+
+def example_inputs(input_signature, count=16):
+    """Real MNIST test images for ``images`` (binarized for the generative
+    models, which take noise too), fixed N(0, 1) draws for ``noise``."""
+    names = [spec.name for spec in input_signature]
+    inputs = {}
+    for spec in input_signature:
+        if spec.name == "images":
+            images = data.load_arrays("mnist_sample", "test")[0][:count].astype("float32") / 255.0
+            images = images[..., None]
+            inputs["images"] = data.binarize_fixed(images) if "noise" in names else images
+        else:
+            shape = (count, *spec.shape[1:])
+            inputs[spec.name] = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    return inputs
 
 
 if __name__ == "__main__":

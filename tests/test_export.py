@@ -105,3 +105,46 @@ def test_export_recipe_writes_and_checks_both(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "serving" / "capsnet" / "1" / "saved_model.pb").is_file()
     assert (tmp_path / "capsnet.tflite").is_file()
     assert capsys.readouterr().out.count("wrote ") == 2
+
+
+# -- the recurrent writers: generate and reconstruct, with fixed noise ----------
+
+
+@pytest.fixture(scope="module", params=["draw", "dcrw"])
+def writer_case(request, tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    model = caps_zoo.create_model(request.param, steps=3)
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal((5, model.steps, model.latent_dim), dtype=np.float32)
+    images, _ = caps_zoo.data.load_arrays("mnist_sample", "test")
+    images = caps_zoo.data.binarize_fixed((images[:5].astype("float32") / 255.0)[..., None])
+    root = tmp_path_factory.mktemp(request.param)
+    return {
+        "model": model,
+        "noise": noise,
+        "images": images,
+        "version_dir": export.export_saved_model(model, root / "serving"),
+        "tflite": export.export_tflite(model, root / f"{request.param}.tflite"),
+    }
+
+
+def test_writer_saved_model_generate_and_reconstruct_match_keras(writer_case):
+    model, noise, images = writer_case["model"], writer_case["noise"], writer_case["images"]
+    loaded = tf.saved_model.load(str(writer_case["version_dir"]))
+    assert {"generate", "reconstruct", "serving_default"} <= set(loaded.signatures)
+    generate = export.load_saved_model_signature(writer_case["version_dir"], "generate")
+    np.testing.assert_allclose(generate(noise=tf.constant(noise))["images"], model.generate(noise),
+                               atol=ATOL, rtol=0)
+    reconstruct = export.load_saved_model_signature(writer_case["version_dir"], "reconstruct")
+    outputs = reconstruct(images=tf.constant(images), noise=tf.constant(noise))
+    canvas, latent_kl = model.reconstruct(images, noise)
+    np.testing.assert_allclose(outputs["canvas_logits"], canvas, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(outputs["reconstruction"], tf.sigmoid(canvas), atol=ATOL, rtol=0)
+    np.testing.assert_allclose(outputs["latent_kl"], latent_kl, atol=1e-4, rtol=1e-6)
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_writer_tflite_generator_matches_keras(writer_case, batch):
+    noise = writer_case["noise"][:batch]
+    outputs = export.tflite_predict(writer_case["tflite"], noise=noise)
+    np.testing.assert_allclose(outputs["images"], writer_case["model"].generate(noise), atol=ATOL, rtol=0)
