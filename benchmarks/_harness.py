@@ -200,6 +200,17 @@ def format_table(headers, rows):
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(row) for row in rows])
 
 
+def table_with_note(headers, rows, results, args, calls):
+    """The table, then the versions and how many calls were timed (``calls``:
+    e.g. "30 generate calls per n")."""
+    text = format_table(headers, rows)
+    versions = versions_note(results)
+    if versions:
+        text += (f"\n\n{versions}; {args.train_steps} timed training steps, {calls}, "
+                 f"after {args.warmup_steps} warm-up each.")
+    return text
+
+
 def failed_row(result, columns):
     """The table row of a combination whose child failed (model and precision come first)."""
     return [result["model"], result["precision"], "FAILED"] + [""] * (columns - 3)

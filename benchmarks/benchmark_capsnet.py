@@ -180,13 +180,7 @@ def summarize(results, args):
             _harness.finite_cell(r["finite"]),
             "n/a" if diff is None else f"{diff['max_abs_score_diff']:.2e}",
         ])
-    text = _harness.format_table(headers, rows)
-    versions = _harness.versions_note(results)
-    if versions:
-        text += (f"\n\n{versions}; {args.train_steps} timed training steps, "
-                 f"{args.infer_repeats} inference calls per batch size ({args.infer_api}), "
-                 f"after {args.warmup_steps} warm-up each.")
-    return text
+    return _harness.table_with_note(headers, rows, results, args, f"{args.infer_repeats} inference calls per batch size ({args.infer_api})")
 
 
 def main(argv=None):

@@ -198,13 +198,7 @@ def summarize(results, args):
                f"{r['initial_loss']:.2f}",
                "n/a" if diff is None else f"{diff['initial_loss_abs_diff']:.2e}"]
         )
-    text = _harness.format_table(headers, rows)
-    versions = _harness.versions_note(results)
-    if versions:
-        text += (f"\n\n{versions}; {args.train_steps} timed training steps, "
-                 f"{args.infer_repeats} generate calls per n, "
-                 f"after {args.warmup_steps} warm-up each.")
-    return text
+    return _harness.table_with_note(headers, rows, results, args, f"{args.infer_repeats} generate calls per n")
 
 
 def main(argv=None):
