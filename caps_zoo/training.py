@@ -62,10 +62,7 @@ class TrainConfig:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got '{self.strategy}'.")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1.")
-        if self.binarize not in (None,) + data.BINARIZATIONS:
-            raise ValueError(
-                f"binarize must be None or one of {data.BINARIZATIONS}, got {self.binarize!r}."
-            )
+        data.check_binarize(self.binarize)
         return self
 
 
@@ -247,17 +244,17 @@ def recipe_argument_parser(description, defaults):
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    parser.add_argument("--model", default=defaults.model)
-    parser.add_argument("--dataset", default=defaults.dataset)
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--precision", choices=PRECISIONS, default=defaults.precision)
-    parser.add_argument("--strategy", choices=STRATEGIES, default=defaults.strategy)
-    parser.add_argument("--output-dir", default=defaults.output_dir)
-    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
-    parser.add_argument("--learning-rate-decay", type=float, default=defaults.learning_rate_decay,
+    parser.add_argument("--model")
+    parser.add_argument("--dataset")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--precision", choices=PRECISIONS)
+    parser.add_argument("--strategy", choices=STRATEGIES)
+    parser.add_argument("--output-dir")
+    parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--learning-rate-decay", type=float,
                         help="factor per epoch")
-    parser.add_argument("--clip-norm", type=float, default=defaults.clip_norm,
+    parser.add_argument("--clip-norm", type=float,
                         help="clip the global gradient norm to this")
     parser.add_argument("--train-limit", type=int, help="first N training images")
     parser.add_argument("--test-limit", type=int, help="first N test images")
@@ -267,8 +264,9 @@ def recipe_argument_parser(description, defaults):
                         help="with --init-weights: epochs already done (continues the LR schedule)")
     parser.add_argument("--logical-cpus", type=int, default=0,
                         help="split the CPU into N logical devices (for --strategy mirrored)")
-    parser.add_argument("--verbose", type=int, default=defaults.verbose,
+    parser.add_argument("--verbose", type=int,
                         help="1: progress bar; 2: one line per epoch (for logs written to a file)")
+    # Every TrainConfig field, flags or not, defaults to the recipe's value.
     parser.set_defaults(
         **{field.name: getattr(defaults, field.name) for field in dataclasses.fields(TrainConfig)}
     )

@@ -100,6 +100,12 @@ def _random_shift(image, max_shift, seed):
     return tf.slice(padded, [offsets[0], offsets[1], 0], [size[0], size[1], -1])
 
 
+def check_binarize(binarize):
+    """Raise ``ValueError`` unless ``binarize`` is None or one of ``BINARIZATIONS``."""
+    if binarize not in (None,) + BINARIZATIONS:
+        raise ValueError(f"binarize must be None or one of {BINARIZATIONS}, got {binarize!r}.")
+
+
 def _bernoulli(image, seed):
     """Pixels set to 1 with probability their intensity (a stateless draw)."""
     uniform = tf.random.stateless_uniform(tf.shape(image), seed=seed)
@@ -146,8 +152,7 @@ def load(
         binarize: None, ``"stochastic"``, ``"fixed"`` or ``"threshold"``
             (see the module's docstring); applied after the shifts.
     """
-    if binarize not in (None,) + BINARIZATIONS:
-        raise ValueError(f"binarize must be None or one of {BINARIZATIONS}, got {binarize!r}.")
+    check_binarize(binarize)
     images, labels = load_arrays(name, split)
     if limit is not None:
         images, labels = images[:limit], labels[:limit]

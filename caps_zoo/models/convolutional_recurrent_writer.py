@@ -196,6 +196,14 @@ class RecurrentWriter(keras.Model):
         features = self.encoder_cnn(ops.cast(glimpse, self.compute_dtype))
         return ops.concatenate([features, decoder_h], axis=-1), encoder_state
 
+    def _write_step(self, z, canvas, decoder_state):
+        """One decoder step (eqs. 11-12): ``h_dec_t = LSTM(h_dec_{t-1}, z_t)``,
+        ``c_t = c_{t-1} + write(h_dec_t)``. Returns ``(c_t, decoder_state,
+        write_window)``; ``decoder_state[0]`` is ``h_dec_t``."""
+        decoder_h, decoder_state = self.decoder_cell(ops.cast(z, self.compute_dtype), decoder_state)
+        update, window = self.writer(decoder_h, return_window=True)
+        return canvas + ops.cast(update, "float32"), decoder_state, window
+
     def reconstruct(self, images, noise):
         """Encode and decode with given posterior noise ``(batch, T, latent_dim)``.
 
@@ -223,8 +231,7 @@ class RecurrentWriter(keras.Model):
                 mean, log_std = self._posterior(encoding)
             latent_kl = latent_kl + losses.gaussian_kl_nats(mean, log_std)
             z = mean + ops.exp(log_std) * noise[:, step]
-            decoder_h, decoder_state = self.decoder_cell(ops.cast(z, self.compute_dtype), decoder_state)
-            canvas = canvas + ops.cast(self.writer(decoder_h), "float32")
+            canvas, decoder_state, _ = self._write_step(z, canvas, decoder_state)
         return canvas, latent_kl
 
     def call(self, images, training=False):
@@ -257,11 +264,7 @@ class RecurrentWriter(keras.Model):
         decoder_state = [self._zero_state(batch, self.decoder_units)] * 2
         canvases, windows = [], []
         for step in range(steps):
-            decoder_h, decoder_state = self.decoder_cell(
-                ops.cast(noise[:, step], self.compute_dtype), decoder_state
-            )
-            update, window = self.writer(decoder_h, return_window=True)
-            canvas = canvas + ops.cast(update, "float32")
+            canvas, decoder_state, window = self._write_step(noise[:, step], canvas, decoder_state)
             if return_sequence:
                 canvases.append(ops.sigmoid(canvas))
                 windows.append(window)
