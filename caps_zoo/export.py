@@ -13,6 +13,9 @@ Every model names its serving functions in ``model.serving_endpoints()``:
 - Capsule networks: ``classify``, float32 images ``(batch, height, width,
   channels)`` in [0, 1] (named ``images``) to ``{"scores", "poses",
   "reconstruction", "classes"}`` (``classes``: the int64 argmax of ``scores``).
+- GRAN: ``generate``, prior noise ``(batch, latent_dim)`` (noise drawn once) or
+  ``(batch, T, latent_dim)`` (at every step) to ``{"images"}``; and
+  ``discriminate``, ``images`` to ``{"probability_real"}``.
 - Recurrent writers (DRAW, DCRW): ``generate``, prior noise ``(batch, T,
   latent_dim)`` (named ``noise``) to ``{"images"}``; and ``reconstruct``,
   ``images`` and posterior ``noise`` to ``{"reconstruction",

@@ -1,4 +1,4 @@
-"""Losses shared by the capsule models.
+"""Losses of the zoo's models: capsule, variational and adversarial.
 
 Each returns one value per example; models average them and decide how to
 scale for ``tf.distribute`` (see ``CapsuleNetwork.train_step``).
@@ -92,3 +92,26 @@ def gaussian_kl_nats(mean, log_std):
         tfd.Normal(ops.zeros_like(mean), ops.ones_like(mean)), reinterpreted_batch_ndims=1
     )
     return tfd.kl_divergence(posterior, prior)
+
+
+# -- adversarial losses (GRAN), from discriminator logits ----------------------
+
+
+def discriminator_loss(real_logits, fake_logits):
+    """D's loss of eq. 2: ``-log D(x) - log(1 - D(G(z)))`` per example: ``(batch,)``.
+
+    Computed from logits (``D = sigmoid(logit)``), which stays finite where
+    a probability would round to 0 or 1.
+    """
+    real_logits = ops.cast(real_logits, "float32")
+    fake_logits = ops.cast(fake_logits, "float32")
+    return ops.softplus(-real_logits) + ops.softplus(fake_logits)
+
+
+def generator_loss(fake_logits):
+    """G's non-saturating loss of eq. 2: ``-log D(G(z))`` per example: ``(batch,)``.
+
+    Its gradient stays large while D rejects G's images, unlike the
+    saturating ``log(1 - D(G(z)))`` of eq. 1.
+    """
+    return ops.softplus(-ops.cast(fake_logits, "float32"))

@@ -24,6 +24,14 @@ as a red box (as in the DRAW paper's figures). Both take the dict that
 Figures are ``matplotlib.figure.Figure`` objects made without pyplot: no
 backend or display is needed (servers), no global pyplot state is touched,
 and Jupyter shows a returned figure inline.
+
+``image_grid`` lays out generated samples (e.g. a GAN's, every epoch), and
+``nearest_neighbour_grid`` puts each sample beside its nearest training
+images (Im et al. 2016, Fig. 24: samples that are not copies); the
+neighbours come from ``caps_zoo.metrics.nearest_neighbours``.
+
+    indices, distances = metrics.nearest_neighbours(samples, x_train, k=3)
+    plots.nearest_neighbour_grid(samples, x_train, indices, distances, "neighbours.png")
 """
 
 import numpy as np
@@ -286,3 +294,87 @@ def drawing_gif(drawn, path, scale=4, columns=8, max_images=16, frame_ms=80, hol
     durations = [frame_ms] * (len(frames) - 1) + [hold_ms]
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations, loop=0)
     return path
+
+
+# -- samples and their nearest training images -------------------------------------
+
+
+def _grey_images(images, what="images"):
+    """``(n, height, width)`` float images from ``(n, h, w)`` or ``(n, h, w, 1)``."""
+    images = np.asarray(images)
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
+    if images.ndim != 3 or len(images) == 0:
+        raise ValueError(
+            f"{what}: expected grey images (n, height, width, 1) or (n, height, width); "
+            f"got shape {images.shape}."
+        )
+    return images.astype(np.float32)
+
+
+def image_grid(images, path=None, columns=10, title=None):
+    """Grey images in rows of ``columns`` (e.g. a generator's samples after
+    an epoch), drawn as one mosaic. With ``path``: saves a PNG, returns
+    ``path``; without, returns the figure."""
+    images = _grey_images(images)
+    count, height, width = images.shape
+    columns = max(1, min(int(columns), count))
+    rows = int(np.ceil(count / columns))
+    gap = 2
+    # White digits on black tiles, white gaps; empty cells of the last row white.
+    mosaic = np.ones((rows * (height + gap) - gap, columns * (width + gap) - gap), np.float32)
+    for index, image in enumerate(images):
+        row, column = divmod(index, columns)
+        top, left = row * (height + gap), column * (width + gap)
+        mosaic[top : top + height, left : left + width] = np.clip(image, 0, 1)
+    figure = Figure(figsize=(0.6 * columns + 0.4, 0.6 * rows + (0.6 if title else 0.3)))
+    axis = figure.subplots()
+    axis.imshow(mosaic, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    axis.axis("off")
+    return _finish(figure, title or "", path)
+
+
+SAMPLE_COLOUR = "tab:red"
+
+
+def nearest_neighbour_grid(samples, train_images, indices, distances, path=None):
+    """One row per sample: the sample (red frame, titled "sample"), then its
+    nearest training images ``train_images[indices[i]]``, each titled with
+    its Euclidean pixel distance (Im et al.'s Fig. 24). ``indices`` and
+    ``distances`` are ``(n, k)``, as ``metrics.nearest_neighbours`` returns.
+    With ``path``: saves a PNG, returns ``path``; without, the figure."""
+    samples = _grey_images(samples, "samples")
+    train_images = np.asarray(train_images)
+    indices = np.asarray(indices)
+    distances = np.asarray(distances)
+    if indices.ndim != 2 or indices.shape != distances.shape or len(indices) != len(samples):
+        raise ValueError(
+            f"indices and distances must both be (n, k) with n = {len(samples)} samples; got "
+            f"{indices.shape} and {distances.shape}."
+        )
+    if indices.size and (indices.min() < 0 or indices.max() >= len(train_images)):
+        raise ValueError(
+            f"indices must be in [0, {len(train_images)}) (rows of train_images); got "
+            f"[{indices.min()}, {indices.max()}]."
+        )
+    neighbours = _grey_images(train_images[indices.reshape(-1)], "train_images")
+    rows, k = indices.shape
+    neighbours = neighbours.reshape(rows, k, *neighbours.shape[1:])
+
+    figure = Figure(figsize=(1.0 * (k + 1) + 0.2, 1.1 * rows + 0.5))
+    axes = figure.subplots(rows, k + 1, squeeze=False)
+    for row in range(rows):
+        tiles = [samples[row]] + list(neighbours[row])
+        for column, tile in enumerate(tiles):
+            axis = axes[row, column]
+            axis.imshow(np.clip(tile, 0, 1), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if column == 0:
+                axis.set_title("sample", fontsize=7, color=SAMPLE_COLOUR)
+                for spine in axis.spines.values():
+                    spine.set_edgecolor(SAMPLE_COLOUR)
+                    spine.set_linewidth(2)
+            else:
+                axis.set_title(f"d={distances[row, column - 1]:.2f}", fontsize=7)
+    return _finish(figure, "samples beside their nearest training images (pixel distance d)", path)

@@ -53,6 +53,10 @@ class TrainConfig:
     model_overrides: dict = dataclasses.field(default_factory=dict)  # create_model(**overrides)
     binarize: str = None  # "stochastic" for the Bernoulli VAEs; the test split is then "fixed"
     clip_norm: float = None  # global gradient-norm clipping (Adam's global_clipnorm)
+    adam_beta_1: float = 0.9  # GANs: 0.5 (DCGAN)
+    # Adversarial models: the discriminator's own Adam (learning_rate is the generator's).
+    discriminator_learning_rate: float = None
+    sample_grids: bool = False  # models with sample(): a PNG of samples after every epoch
 
     def validate(self):
         registry.get_spec(self.model)
@@ -63,6 +67,10 @@ class TrainConfig:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1.")
         data.check_binarize(self.binarize)
+        for name in ("learning_rate", "discriminator_learning_rate"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value}.")
         return self
 
 
@@ -89,13 +97,70 @@ def build_model(config):
     model = registry.create_model(config.model, **overrides)
     if config.init_weights:
         weights_io.load_weights(model, config.init_weights)
-    model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate, global_clipnorm=config.clip_norm)
-    )
+    def adam(learning_rate):
+        return keras.optimizers.Adam(
+            learning_rate, beta_1=config.adam_beta_1, global_clipnorm=config.clip_norm
+        )
+
+    optimizers = {"optimizer": adam(config.learning_rate)}
+    if config.discriminator_learning_rate is not None:
+        optimizers["discriminator_optimizer"] = adam(config.discriminator_learning_rate)
+    model.compile(**optimizers)
     # Create the optimizer's slots now, inside the strategy's scope: a
     # custom train_step would otherwise create them in a replica context.
-    model.optimizer.build(model.trainable_variables)
+    # (Models with two optimizers build each for its own variables in compile.)
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
     return model
+
+
+def model_optimizers(model):
+    """The model's optimizers: ``optimizer``, and a GAN's ``discriminator_optimizer``."""
+    extra = getattr(model, "discriminator_optimizer", None)
+    return [model.optimizer] + ([extra] if extra is not None else [])
+
+
+class LearningRateDecay(keras.callbacks.Callback):
+    """``lr = initial * decay ** epoch`` for every optimizer of the model.
+
+    Keras' LearningRateScheduler sets ``model.optimizer`` alone; a GAN has a
+    second optimizer. Logs ``learning_rate`` (and ``discriminator_learning_rate``).
+    """
+
+    def __init__(self, initial_rates, decay):
+        super().__init__()
+        self.initial_rates = list(initial_rates)
+        self.decay = decay
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for optimizer, rate in zip(model_optimizers(self.model), self.initial_rates):
+            optimizer.learning_rate = rate * self.decay**epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        names = ("learning_rate", "discriminator_learning_rate")
+        for name, optimizer in zip(names, model_optimizers(self.model)):
+            logs[name] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
+class SampleGrid(keras.callbacks.Callback):
+    """After every epoch: ``samples/epoch_NNN.png``, a grid of ``model.sample``
+    drawn from the same prior noise each time (``seed``), so that epochs compare."""
+
+    def __init__(self, run_dir, count=100, seed=1234):
+        super().__init__()
+        self.directory = Path(run_dir) / "samples"
+        self.count = count
+        self.seed = seed
+
+    def on_epoch_end(self, epoch, logs=None):
+        from caps_zoo import plots  # matplotlib only where grids are asked for
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        images = self.model.sample(self.count, seed=self.seed)["images"]
+        plots.image_grid(images, self.directory / f"epoch_{epoch + 1:03d}.png",
+                         title=f"{self.model.name}, epoch {epoch + 1}")
 
 
 class WeightsSnapshot(keras.callbacks.Callback):
@@ -192,16 +257,18 @@ def _fit(model, strategy, config, run_dir, seed, callbacks):
         binarize="fixed" if config.binarize else None,
     )
 
-    def schedule(epoch, _):
-        return config.learning_rate * config.learning_rate_decay**epoch
-
+    initial_rates = [config.learning_rate]
+    if config.discriminator_learning_rate is not None:
+        initial_rates.append(config.discriminator_learning_rate)
     callbacks = [
         *callbacks,
         keras.callbacks.BackupAndRestore(str(run_dir / "backup"), save_freq="epoch"),
-        keras.callbacks.LearningRateScheduler(schedule),
+        LearningRateDecay(initial_rates, config.learning_rate_decay),
         keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True),
         WeightsSnapshot(run_dir),
     ]
+    if config.sample_grids:
+        callbacks.append(SampleGrid(run_dir))
     started = time.time()
     history = model.fit(
         train_data,
@@ -256,6 +323,7 @@ def recipe_argument_parser(description, defaults):
                         help="factor per epoch")
     parser.add_argument("--clip-norm", type=float,
                         help="clip the global gradient norm to this")
+    parser.add_argument("--adam-beta-1", type=float, help="Adam's beta_1")
     parser.add_argument("--train-limit", type=int, help="first N training images")
     parser.add_argument("--test-limit", type=int, help="first N test images")
     parser.add_argument("--steps-per-epoch", type=int)

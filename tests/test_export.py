@@ -148,3 +148,42 @@ def test_writer_tflite_generator_matches_keras(writer_case, batch):
     noise = writer_case["noise"][:batch]
     outputs = export.tflite_predict(writer_case["tflite"], noise=noise)
     np.testing.assert_allclose(outputs["images"], writer_case["model"].generate(noise), atol=ATOL, rtol=0)
+
+
+# -- GRAN: generate (and discriminate) with fixed noise ---------------------------
+
+
+@pytest.fixture(scope="module", params=["once", "every_step"])
+def gran_case(request, tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    model = caps_zoo.create_model("gran3", noise_mode=request.param)
+    noise = np.random.default_rng(0).standard_normal((5, *model.generator.noise_shape()), dtype=np.float32)
+    images, _ = caps_zoo.data.load_arrays("mnist_sample", "test")
+    root = tmp_path_factory.mktemp(f"gran_{request.param}")
+    return {
+        "model": model,
+        "noise": noise,
+        "images": (images[:5].astype("float32") / 255.0)[..., None],
+        "version_dir": export.export_saved_model(model, root / "serving"),
+        "tflite": export.export_tflite(model, root / "gran3.tflite"),
+    }
+
+
+def test_gran_saved_model_generate_and_discriminate_match_keras(gran_case):
+    model, noise, images = gran_case["model"], gran_case["noise"], gran_case["images"]
+    loaded = tf.saved_model.load(str(gran_case["version_dir"]))
+    assert {"generate", "discriminate", "serving_default"} <= set(loaded.signatures)
+    for name in ("generate", "serving_default"):
+        generate = export.load_saved_model_signature(gran_case["version_dir"], name)
+        np.testing.assert_allclose(generate(noise=tf.constant(noise))["images"], model.generate(noise),
+                                   atol=ATOL, rtol=0)
+    discriminate = export.load_saved_model_signature(gran_case["version_dir"], "discriminate")
+    np.testing.assert_allclose(discriminate(images=tf.constant(images))["probability_real"],
+                               model.discriminate(images), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("batch", [1, 5])
+def test_gran_tflite_generator_matches_keras(gran_case, batch):
+    noise = gran_case["noise"][:batch]
+    outputs = export.tflite_predict(gran_case["tflite"], noise=noise)
+    np.testing.assert_allclose(outputs["images"], gran_case["model"].generate(noise), atol=ATOL, rtol=0)

@@ -148,3 +148,49 @@ def test_drawing_without_write_attention_has_no_boxes(tmp_path):
 def test_drawing_rejects_other_input():
     with pytest.raises(ValueError, match="RecurrentWriter.sample"):
         plots.drawing_strip({"canvases": np.zeros((28, 28))})
+
+
+# -- sample grids and nearest training neighbours ------------------------------------
+
+
+def test_image_grid_writes_a_png_and_returns_a_figure(mnist, tmp_path):
+    from matplotlib.figure import Figure
+
+    images, _ = mnist
+    path = tmp_path / "samples.png"
+    assert plots.image_grid(images, path, columns=8, title="epoch 3") == path
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert path.stat().st_size > 5_000
+    figure = plots.image_grid(images[:13, ..., 0], columns=5)  # without the channel axis
+    assert isinstance(figure, Figure)
+    mosaic = figure.axes[0].images[0].get_array()
+    assert mosaic.shape == (3 * 30 - 2, 5 * 30 - 2)  # 3 rows of 5 tiles, 2-pixel gaps
+    np.testing.assert_array_equal(mosaic[:28, :28], images[0, ..., 0])
+    with pytest.raises(ValueError, match="grey images"):
+        plots.image_grid(np.zeros((4, 28, 28, 3), np.float32))
+
+
+def test_nearest_neighbour_grid_writes_a_png_and_returns_a_figure(mnist, tmp_path):
+    from matplotlib.figure import Figure
+
+    from caps_zoo import metrics
+
+    images, _ = mnist
+    train = images[4:]
+    samples = np.concatenate([train[[3]], images[:2]])  # a copy of a training image, two others
+    indices, distances = metrics.nearest_neighbours(samples, train, k=3)
+    path = tmp_path / "neighbours.png"
+    assert plots.nearest_neighbour_grid(samples, train, indices, distances, path) == path
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert path.stat().st_size > 5_000
+    figure = plots.nearest_neighbour_grid(samples, train, indices, distances)
+    assert isinstance(figure, Figure)
+    assert len(figure.axes) == 3 * 4  # each row: the sample and its 3 neighbours
+    assert [axis.get_title() for axis in figure.axes[:4]] == (
+        ["sample", "d=0.00"] + [f"d={d:.2f}" for d in distances[0, 1:]]
+    )
+    np.testing.assert_array_equal(figure.axes[1].images[0].get_array(), train[3, ..., 0])
+    with pytest.raises(ValueError, match=r"\(n, k\)"):
+        plots.nearest_neighbour_grid(samples, train, indices[:2], distances[:2])
+    with pytest.raises(ValueError, match="rows of train_images"):
+        plots.nearest_neighbour_grid(samples, train, indices + len(train), distances)

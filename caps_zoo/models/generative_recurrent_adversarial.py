@@ -1,0 +1,493 @@
+"""GRAN: a generative adversarial network whose generator draws on a canvas.
+
+Paper: ``shared/papers/gran-recurrent-adversarial.txt`` (Im, Kim, Jiang &
+Memisevic 2016). The generator (eqs. 5-9, Algorithm 1), with ``h_c,1 = 0``::
+
+    h_z,t   = tanh(W z_t + b)                   z drawn once, or at every step
+    h_c,t   = g(Delta C_{t-1})                  for t > 1
+    Delta C_t = f([h_z,t, h_c,t])
+    C       = sigmoid(sum_t Delta C_t)
+
+``f`` is a DCGAN decoder: one dense layer to a ``filters[0]`` x (H/2^k) x
+(W/2^k) map, then k fractionally strided 5x5 convolutions (filters[1:], then
+the image channels; linear output). ``g`` mirrors it: k strided 5x5
+convolutions, then one dense layer with tanh, so that ``h_c`` lies in
+(-1, 1) like ``h_z`` (the paper's reason for the tanh of eq. 7); ``h_c`` has
+the size of z, as in the authors' code. The paper's MNIST sizes are the
+defaults: filters [80, 40] (+ 1 channel), 5x5 kernels, z of 60. GRAN1
+(T = 1) never calls ``g``: it is DCGAN plus the dense layer of eq. 7, and
+has no ``g`` at all.
+
+Batch normalisation (DCGAN's trick, which the paper uses) follows every
+hidden layer of ``f`` and ``g``, with statistics and scale kept per step
+(as in Cooijmans et al.'s recurrent batch normalisation): the layers'
+weights are shared over steps, but the activations of step 1 (where
+``h_c = 0``) and step 5 are distributed differently, and one set of moving
+averages for all steps would not match any of them at inference. Sampling
+more steps than T (the paper's 7 and 9) reuses the last step's statistics.
+
+The discriminator is DCGAN's: strided 5x5 convolutions with the generator's
+filters in reverse (40, then 80 for MNIST), batch normalisation after all but
+the first, LeakyReLU(0.2), and one dense logit.
+
+Training (``train_step``): one discriminator step on a real and a generated
+batch, then one generator step with the non-saturating loss of eq. 2
+(``-log D(G(z))``), each with its own Adam optimizer and learning rate.
+"""
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from caps_zoo import losses
+from caps_zoo.models.builder import build_compiled
+from caps_zoo.registry import register_model
+
+PAPER = "gran-recurrent-adversarial.txt"
+NOISE_MODES = ("once", "every_step")
+
+
+@keras.saving.register_keras_serializable(package="caps_zoo")
+class RecurrentCanvasGenerator(keras.layers.Layer):
+    """GRAN's generator G: noise in, ``C = sigmoid(sum_t Delta C_t)`` out.
+
+    Args:
+        image_shape: ``(height, width, channels)``; height and width must be
+            divisible by ``2 ** len(filters)``.
+        steps: T, the number of canvas updates it is trained with.
+        latent_dim: size of z (and of ``h_z`` and ``h_c``).
+        filters: filters of ``f`` from its dense layer up (``g`` in reverse).
+        kernel_size: of every (transposed) convolution.
+        noise_mode: ``"once"`` (one z for all steps; noise ``(batch,
+            latent_dim)``) or ``"every_step"`` (noise ``(batch, steps,
+            latent_dim)``), the paper's two scenarios.
+    """
+
+    def __init__(
+        self,
+        image_shape=(28, 28, 1),
+        steps=3,
+        latent_dim=60,
+        filters=(80, 40),
+        kernel_size=5,
+        noise_mode="once",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if noise_mode not in NOISE_MODES:
+            raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got '{noise_mode}'.")
+        self.image_shape = tuple(int(v) for v in image_shape)
+        self.steps = int(steps)
+        self.latent_dim = int(latent_dim)
+        self.filters = tuple(int(v) for v in filters)
+        self.kernel_size = int(kernel_size)
+        self.noise_mode = noise_mode
+        if self.steps < 1 or self.latent_dim < 1 or not self.filters:
+            raise ValueError("steps and latent_dim must be >= 1 and filters non-empty.")
+        scale = 2 ** len(self.filters)
+        height, width, channels = self.image_shape
+        if height % scale or width % scale:
+            raise ValueError(
+                f"image height and width must be divisible by 2**len(filters) = {scale}; "
+                f"got {self.image_shape} with filters {self.filters}."
+            )
+        self.start_shape = (height // scale, width // scale, self.filters[0])
+
+        def conv(layer, count, name, **options):
+            return layer(count, self.kernel_size, strides=2, padding="same", name=name, **options)
+
+        # eq. 7; the noise's own projection.
+        self.noise_projection = keras.layers.Dense(self.latent_dim, activation="tanh", name="noise_projection")
+        # f: dense, then transposed convolutions (biases are redundant before BN).
+        self.decoder_dense = keras.layers.Dense(
+            height // scale * (width // scale) * self.filters[0], use_bias=False, name="decoder_dense"
+        )
+        self.decoder_convs = [
+            conv(keras.layers.Conv2DTranspose, count, f"decoder_conv{i + 1}", use_bias=False)
+            for i, count in enumerate(self.filters[1:])
+        ] + [conv(keras.layers.Conv2DTranspose, channels, f"decoder_conv{len(self.filters)}",
+                  dtype="float32")]
+        self.decoder_norms = [
+            [keras.layers.BatchNormalization(name=f"decoder_norm{i}_step{t + 1}")
+             for i in range(len(self.filters))]
+            for t in range(self.steps)
+        ]
+        # g: only steps 2..T read the previous update.
+        self.encoder_convs, self.encoder_norms, self.encoder_dense = [], [], None
+        if self.steps > 1:
+            self.encoder_convs = [
+                conv(keras.layers.Conv2D, count, f"encoder_conv{i + 1}", use_bias=False)
+                for i, count in enumerate(reversed(self.filters))
+            ]
+            self.encoder_norms = [
+                [keras.layers.BatchNormalization(name=f"encoder_norm{i}_step{t + 2}")
+                 for i in range(len(self.filters))]
+                for t in range(self.steps - 1)
+            ]
+            self.encoder_dense = keras.layers.Dense(self.latent_dim, activation="tanh", name="encoder_dense")
+
+    def build(self, input_shape=None):
+        batch = None
+        self.noise_projection.build((batch, self.latent_dim))
+        self.decoder_dense.build((batch, 2 * self.latent_dim))
+        shape = (batch, *self.start_shape)
+        for index, conv in enumerate(self.decoder_convs):
+            for norms in self.decoder_norms:
+                norms[index].build(shape)
+            conv.build(shape)
+            shape = conv.compute_output_shape(shape)
+        shape = (batch, *self.image_shape)
+        for index, conv in enumerate(self.encoder_convs):
+            conv.build(shape)
+            shape = conv.compute_output_shape(shape)
+            for norms in self.encoder_norms:
+                norms[index].build(shape)
+        if self.encoder_dense is not None:
+            self.encoder_dense.build((batch, shape[1] * shape[2] * shape[3]))
+        self.built = True
+
+    def noise_shape(self, steps=None):
+        """The shape of one example's noise: ``(latent_dim,)`` or ``(steps, latent_dim)``."""
+        if self.noise_mode == "once":
+            return (self.latent_dim,)
+        return (self.steps if steps is None else int(steps), self.latent_dim)
+
+    def _update(self, h_z, h_c, step, training):
+        """``Delta C_t = f([h_z, h_c])`` (eq. 8), float32."""
+        norms = self.decoder_norms[min(step, self.steps - 1)]
+        x = self.decoder_dense(ops.concatenate([h_z, h_c], axis=-1))
+        x = ops.reshape(x, (-1, *self.start_shape))
+        for conv, norm in zip(self.decoder_convs, norms):
+            x = conv(ops.relu(norm(x, training=training)))
+        return ops.cast(x, "float32")
+
+    def _encode(self, update, step, training):
+        """``h_c,t = g(Delta C_{t-1})`` (eq. 6)."""
+        norms = self.encoder_norms[min(step - 1, self.steps - 2)]
+        x = ops.cast(update, self.compute_dtype)
+        for conv, norm in zip(self.encoder_convs, norms):
+            x = ops.relu(norm(conv(x), training=training))
+        return self.encoder_dense(ops.reshape(x, (ops.shape(x)[0], -1)))
+
+    def _check_noise(self, noise, steps):
+        if self.noise_mode == "once":
+            expected = f"(batch, {self.latent_dim})"
+            fits = len(noise.shape) == 2
+        else:
+            expected = f"(batch, steps, {self.latent_dim})"
+            fits = len(noise.shape) == 3 and (steps is None or noise.shape[1] == int(steps))
+        if not fits or noise.shape[-1] != self.latent_dim:
+            raise ValueError(
+                f"noise_mode '{self.noise_mode}' takes noise of shape {expected}"
+                + ("" if steps is None else f" for {steps} steps")
+                + f"; got {tuple(noise.shape)}."
+            )
+
+    def call(self, noise, steps=None, training=False, return_sequence=False):
+        """Images ``C`` from ``noise``; with ``return_sequence`` also the canvases.
+
+        ``steps`` (``"once"`` mode) may exceed T; in ``"every_step"`` mode the
+        noise's second axis gives it. Returns ``images`` ``(batch, h, w, c)``,
+        or a dict that adds ``canvases`` ``(steps, batch, h, w, c)``:
+        ``sigmoid(sum_{s <= t} Delta C_s)`` after every step.
+        """
+        noise = ops.convert_to_tensor(noise)
+        self._check_noise(noise, steps)
+        if self.noise_mode == "every_step":
+            steps = noise.shape[1]
+        steps = self.steps if steps is None else int(steps)
+        if steps > 1 and self.steps == 1:
+            raise ValueError("A GRAN trained with T = 1 has no canvas encoder g: it draws in one step.")
+        noise = ops.cast(noise, self.compute_dtype)
+        if self.noise_mode == "once":
+            h_z = self.noise_projection(noise)
+        # h_c,1 = 0: the first step sees no earlier update.
+        h_c = ops.zeros((ops.shape(noise)[0], self.latent_dim), dtype=self.compute_dtype)
+        canvas, canvases = 0.0, []
+        for step in range(steps):
+            if self.noise_mode == "every_step":
+                h_z = self.noise_projection(noise[:, step])
+            if step > 0:
+                h_c = self._encode(update, step, training)
+            update = self._update(h_z, h_c, step, training)
+            canvas = canvas + update
+            if return_sequence:
+                canvases.append(ops.sigmoid(canvas))
+        images = ops.sigmoid(canvas)
+        if return_sequence:
+            return {"images": images, "canvases": ops.stack(canvases)}
+        return images
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], *self.image_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            image_shape=self.image_shape,
+            steps=self.steps,
+            latent_dim=self.latent_dim,
+            filters=self.filters,
+            kernel_size=self.kernel_size,
+            noise_mode=self.noise_mode,
+        )
+        return config
+
+
+def dcgan_discriminator(image_shape, filters, kernel_size=5, leaky_relu_slope=0.2, name="discriminator"):
+    """DCGAN's discriminator: strided convolutions ``filters``, batch norm after
+    all but the first, LeakyReLU, one dense logit (float32)."""
+    layers = [keras.Input(image_shape)]
+    for index, count in enumerate(filters):
+        layers.append(keras.layers.Conv2D(count, kernel_size, strides=2, padding="same",
+                                          use_bias=index == 0, name=f"conv{index + 1}"))
+        if index > 0:
+            layers.append(keras.layers.BatchNormalization(name=f"norm{index + 1}"))
+        layers.append(keras.layers.LeakyReLU(leaky_relu_slope, name=f"leaky_relu{index + 1}"))
+    layers += [keras.layers.Flatten(name="flatten"),
+               keras.layers.Dense(1, dtype="float32", name="logit")]
+    return keras.Sequential(layers, name=name)
+
+
+@keras.saving.register_keras_serializable(package="caps_zoo")
+class RecurrentAdversarialNetwork(keras.Model):
+    """GRAN: ``RecurrentCanvasGenerator`` G and a DCGAN discriminator D.
+
+    Args: those of ``RecurrentCanvasGenerator`` (the generator's), plus
+        discriminator_filters: D's convolutions, bottom up; default the
+            generator's filters reversed (MNIST: 40, 80).
+        leaky_relu_slope: of D's activations.
+        seed: seed of the noise drawn in ``train_step`` / ``test_step``.
+
+    ``compile(optimizer=..., discriminator_optimizer=...)``: ``optimizer``
+    trains G, ``discriminator_optimizer`` D (default: Adam(2e-4, beta_1=0.5),
+    DCGAN's). Calling the model on noise generates images;
+    ``discriminate(images)`` gives D's probability that images are real.
+    """
+
+    def __init__(
+        self,
+        image_shape=(28, 28, 1),
+        steps=3,
+        latent_dim=60,
+        filters=(80, 40),
+        kernel_size=5,
+        noise_mode="once",
+        discriminator_filters=None,
+        leaky_relu_slope=0.2,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.generator = RecurrentCanvasGenerator(
+            image_shape, steps, latent_dim, filters, kernel_size, noise_mode, name="generator"
+        )
+        self.image_shape = self.generator.image_shape
+        self.steps = self.generator.steps
+        self.latent_dim = self.generator.latent_dim
+        self.noise_mode = noise_mode
+        self.discriminator_filters = tuple(
+            int(v) for v in (discriminator_filters or reversed(self.generator.filters))
+        )
+        self.leaky_relu_slope = float(leaky_relu_slope)
+        self.seed = seed
+        self.discriminator = dcgan_discriminator(
+            self.image_shape, self.discriminator_filters, kernel_size, self.leaky_relu_slope
+        )
+        self.noise_seed = keras.random.SeedGenerator(seed, name="noise_seed")
+        self.discriminator_optimizer = None
+        self.discriminator_loss_tracker = keras.metrics.Mean(name="discriminator_loss")
+        self.generator_loss_tracker = keras.metrics.Mean(name="generator_loss")
+        # D's accuracy on real images (judged real) and on G's (judged fake).
+        self.real_accuracy_tracker = keras.metrics.Mean(name="real_accuracy")
+        self.fake_accuracy_tracker = keras.metrics.Mean(name="fake_accuracy")
+
+    def build(self, input_shape=None):
+        self.generator.build()
+        self.discriminator.build((None, *self.image_shape))
+        self.built = True
+
+    # -- generating and discriminating ----------------------------------------
+
+    def prior_noise(self, n, steps=None, seed=None):
+        """Noise for ``n`` images from N(0, I), shaped for the noise mode."""
+        return keras.random.normal(
+            (n, *self.generator.noise_shape(steps)), seed=self.noise_seed if seed is None else seed
+        )
+
+    def call(self, noise, steps=None, training=False):
+        return self.generator(noise, steps=steps, training=training)
+
+    def generate(self, noise, steps=None):
+        """Images from ``noise`` (inference mode, deterministic)."""
+        return self.generator(noise, steps=steps, training=False)
+
+    def sample(self, n, steps=None, seed=None):
+        """``n`` images from the prior with the canvas after every step (numpy).
+
+        ``steps`` may exceed T (noise drawn once), or sets the number of noise
+        draws (noise at every step). Returns ``images`` ``(n, h, w, c)`` and
+        ``canvases`` ``(steps, n, h, w, c)``.
+        """
+        steps = self.steps if steps is None else int(steps)
+        noise = keras.random.normal((int(n), *self.generator.noise_shape(steps)), seed=seed)
+        drawn = self.generator(noise, steps=steps, training=False, return_sequence=True)
+        return {key: ops.convert_to_numpy(value) for key, value in drawn.items()}
+
+    def _check_images(self, images):
+        if len(images.shape) != 4 or tuple(images.shape[1:]) != self.image_shape:
+            raise ValueError(
+                f"{self.name} expects images of shape (batch, {', '.join(map(str, self.image_shape))}) "
+                f"as float in [0, 1]; got shape {tuple(images.shape)}."
+            )
+        dtype = keras.backend.standardize_dtype(images.dtype)
+        if not dtype.startswith(("float", "bfloat")):
+            raise TypeError(
+                f"{self.name} expects float images scaled to [0, 1]; got dtype {dtype}. "
+                "Convert with images.astype('float32') / 255."
+            )
+
+    def discriminate(self, images):
+        """D's probability that each image is real: ``(batch,)``, inference mode."""
+        images = ops.convert_to_tensor(images)
+        self._check_images(images)
+        return ops.sigmoid(self.discriminator(images, training=False))[:, 0]
+
+    def serving_endpoints(self):
+        """``generate`` (noise to images) and ``discriminate`` for ``caps_zoo.export``."""
+
+        def generate(noise):
+            return {"images": self.generate(noise)}
+
+        def discriminate(images):
+            return {"probability_real": self.discriminate(images)}
+
+        noise = tf.TensorSpec([None, *self.generator.noise_shape()], tf.float32, name="noise")
+        images = tf.TensorSpec([None, *self.image_shape], tf.float32, name="images")
+        return {"generate": (generate, [noise]), "discriminate": (discriminate, [images])}
+
+    # -- training ---------------------------------------------------------------
+
+    def compile(self, optimizer=None, discriminator_optimizer=None, **kwargs):
+        super().compile(optimizer=optimizer or dcgan_adam(), **kwargs)
+        self.discriminator_optimizer = keras.optimizers.get(discriminator_optimizer or dcgan_adam())
+        if self.built:
+            # Slots now: under a tf.distribute strategy they must be made
+            # in its scope (here), not in a replica context (train_step).
+            self.optimizer.build(self.generator.trainable_variables)
+            self.discriminator_optimizer.build(self.discriminator.trainable_variables)
+
+    def get_compile_config(self):
+        config = super().get_compile_config() or {}
+        if self.discriminator_optimizer is not None:
+            config["discriminator_optimizer"] = keras.saving.serialize_keras_object(
+                self.discriminator_optimizer
+            )
+        return config
+
+    def compile_from_config(self, config):
+        config = dict(config)
+        optimizer = keras.saving.deserialize_keras_object(config.pop("optimizer", None))
+        discriminator = keras.saving.deserialize_keras_object(config.pop("discriminator_optimizer", None))
+        self.compile(optimizer=optimizer, discriminator_optimizer=discriminator)
+
+    @property
+    def metrics(self):
+        return [
+            self.discriminator_loss_tracker,
+            self.generator_loss_tracker,
+            self.real_accuracy_tracker,
+            self.fake_accuracy_tracker,
+        ]
+
+    def _real_images(self, data):
+        images, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if sample_weight is not None:
+            raise ValueError("RecurrentAdversarialNetwork does not support sample weights.")
+        self._check_images(images)
+        return images
+
+    def _real_and_fake_logits(self, real_images, training):
+        """D's logits on a real batch and on a batch G generates now."""
+        fake_images = self.generator(self.prior_noise(ops.shape(real_images)[0]), training=training)
+        real_logits = self.discriminator(real_images, training=training)[:, 0]
+        fake_logits = self.discriminator(fake_images, training=training)[:, 0]
+        return real_logits, fake_logits
+
+    def _update_metrics(self, real_logits, fake_logits):
+        # Unscaled per-replica values; Mean aggregates over replicas.
+        self.discriminator_loss_tracker.update_state(losses.discriminator_loss(real_logits, fake_logits))
+        self.generator_loss_tracker.update_state(losses.generator_loss(fake_logits))
+        self.real_accuracy_tracker.update_state(ops.cast(real_logits >= 0, "float32"))
+        self.fake_accuracy_tracker.update_state(ops.cast(fake_logits < 0, "float32"))
+        return {metric.name: metric.result() for metric in self.metrics}
+
+    def train_step(self, data):
+        real_images = self._real_images(data)
+        # Gradients are summed over replicas: each contributes its share.
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        discriminator_variables = self.discriminator.trainable_variables
+        with tf.GradientTape() as tape:
+            real_logits, fake_logits = self._real_and_fake_logits(real_images, training=True)
+            loss = ops.mean(losses.discriminator_loss(real_logits, fake_logits)) / replicas
+            scaled = self.discriminator_optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled, discriminator_variables)
+        self.discriminator_optimizer.apply(gradients, discriminator_variables)
+
+        generator_variables = self.generator.trainable_variables
+        with tf.GradientTape() as tape:
+            fake_images = self.generator(self.prior_noise(ops.shape(real_images)[0]), training=True)
+            fake_logits = self.discriminator(fake_images, training=True)[:, 0]
+            loss = ops.mean(losses.generator_loss(fake_logits)) / replicas
+            scaled = self.optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled, generator_variables)
+        self.optimizer.apply(gradients, generator_variables)
+        return self._update_metrics(real_logits, fake_logits)
+
+    def test_step(self, data):
+        return self._update_metrics(*self._real_and_fake_logits(self._real_images(data), training=False))
+
+    def get_config(self):
+        config = super().get_config()
+        generator = self.generator
+        config.update(
+            image_shape=self.image_shape,
+            steps=self.steps,
+            latent_dim=self.latent_dim,
+            filters=generator.filters,
+            kernel_size=generator.kernel_size,
+            noise_mode=self.noise_mode,
+            discriminator_filters=self.discriminator_filters,
+            leaky_relu_slope=self.leaky_relu_slope,
+            seed=self.seed,
+        )
+        return config
+
+
+def dcgan_adam(learning_rate=2e-4):
+    """DCGAN's optimizer (Radford et al.): Adam with beta_1 = 0.5."""
+    return keras.optimizers.Adam(learning_rate, beta_1=0.5)
+
+
+def _gran(name, steps, overrides):
+    return build_compiled(
+        RecurrentAdversarialNetwork, name, dict(steps=steps), overrides, optimizer=dcgan_adam()
+    )
+
+
+@register_model(paper=PAPER)
+def gran1(**overrides):
+    """GRAN with T = 1: DCGAN plus the dense layer of eq. 7 (MNIST sizes)."""
+    return _gran("gran1", 1, overrides)
+
+
+@register_model(paper=PAPER)
+def gran3(**overrides):
+    """GRAN with T = 3 canvas updates (MNIST sizes: filters 80-40-1, z of 60)."""
+    return _gran("gran3", 3, overrides)
+
+
+@register_model(paper=PAPER)
+def gran5(**overrides):
+    """GRAN with T = 5 canvas updates (MNIST sizes: filters 80-40-1, z of 60)."""
+    return _gran("gran5", 5, overrides)

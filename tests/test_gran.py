@@ -1,0 +1,193 @@
+"""GRAN (RecurrentAdversarialNetwork): the recurrence, losses, training, serialization."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import caps_zoo
+from caps_zoo import data, losses, training
+from caps_zoo.models.generative_recurrent_adversarial import RecurrentAdversarialNetwork
+
+
+@pytest.fixture(scope="module")
+def real_images():
+    """512 real MNIST test images in [0, 1] (shipped with the package)."""
+    images, _ = data.load_arrays("mnist_sample", "test")
+    return (images[:512].astype("float32") / 255.0)[..., None]
+
+
+def make(name="gran3", **overrides):
+    keras.utils.set_random_seed(0)
+    return caps_zoo.create_model(name, **overrides)
+
+
+def noise_for(model, n, steps=None, seed=0):
+    shape = (n, *model.generator.noise_shape(steps))
+    return np.random.default_rng(seed).standard_normal(shape).astype("float32")
+
+
+@pytest.mark.parametrize("name, steps", [("gran1", 1), ("gran3", 3), ("gran5", 5)])
+@pytest.mark.parametrize("noise_mode", ["once", "every_step"])
+def test_shapes_for_every_t_and_noise_mode(name, steps, noise_mode):
+    model = make(name, noise_mode=noise_mode)
+    assert model.steps == steps
+    expected_noise = (60,) if noise_mode == "once" else (steps, 60)
+    assert model.generator.noise_shape() == expected_noise
+    drawn = model.sample(4, seed=1)
+    assert drawn["images"].shape == (4, 28, 28, 1)
+    assert drawn["canvases"].shape == (steps, 4, 28, 28, 1)
+    np.testing.assert_allclose(drawn["canvases"][-1], drawn["images"], atol=1e-6)
+    assert 0 < drawn["images"].min() and drawn["images"].max() < 1  # a sigmoid
+    assert model.discriminate(drawn["images"]).shape == (4,)
+
+
+def test_sampling_may_run_more_steps_than_training():
+    model = make("gran3")
+    assert model.sample(2, steps=7)["canvases"].shape == (7, 2, 28, 28, 1)
+    every = make("gran3", noise_mode="every_step")
+    assert every.sample(2, steps=9)["canvases"].shape == (9, 2, 28, 28, 1)
+    with pytest.raises(ValueError, match="no canvas encoder"):
+        make("gran1").sample(2, steps=3)
+
+
+def test_mnist_defaults_are_the_papers():
+    model = make("gran3")
+    generator = model.generator
+    assert generator.filters == (80, 40) and generator.kernel_size == 5 and model.latent_dim == 60
+    assert [conv.filters for conv in generator.decoder_convs] == [40, 1]
+    assert generator.start_shape == (7, 7, 80)
+    convs = [layer for layer in model.discriminator.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [(c.filters, c.kernel_size, c.strides) for c in convs] == [(40, (5, 5), (2, 2)), (80, (5, 5), (2, 2))]
+
+
+def test_t1_is_a_single_decoder_pass():
+    """GRAN1: C = sigmoid(f([tanh(W z + b), 0])), with no canvas encoder g."""
+    model = make("gran1")
+    generator = model.generator
+    assert generator.encoder_dense is None and not generator.encoder_convs
+    z = noise_for(model, 6)
+    h_z = np.tanh(z @ generator.noise_projection.kernel.numpy() + generator.noise_projection.bias.numpy())
+    x = generator.decoder_dense(np.concatenate([h_z, np.zeros_like(h_z)], axis=-1))
+    x = tf.reshape(x, (-1, 7, 7, 80))
+    for conv, norm in zip(generator.decoder_convs, generator.decoder_norms[0]):
+        x = conv(tf.nn.relu(norm(x, training=False)))
+    np.testing.assert_allclose(model.generate(z), tf.sigmoid(x), atol=1e-6)
+
+
+def test_canvas_is_the_sigmoid_of_the_summed_updates():
+    """eq. 9, and h_c,t = g(Delta C_{t-1}): step t's update depends on step t-1's."""
+    model = make("gran3", noise_mode="every_step")
+    z = noise_for(model, 3)
+    canvases = model.generator(z, return_sequence=True)["canvases"].numpy()
+    logits = np.log(canvases / (1 - canvases))
+    updates = np.diff(np.concatenate([np.zeros_like(logits[:1]), logits]), axis=0)
+    assert np.all(np.abs(updates).reshape(3, -1).max(axis=1) > 1e-3)  # every step draws
+    # Noise of step 3 changes step 3 only; noise of step 1 changes every step.
+    later = z.copy()
+    later[:, 2] += 1.0
+    changed = model.generator(later, return_sequence=True)["canvases"].numpy()
+    np.testing.assert_allclose(changed[:2], canvases[:2], atol=1e-6)
+    assert np.abs(changed[2] - canvases[2]).max() > 1e-3
+    earlier = z.copy()
+    earlier[:, 0] += 1.0
+    assert np.abs(model.generator(earlier, return_sequence=True)["canvases"].numpy()[1] - canvases[1]).max() > 1e-3
+
+
+def test_adversarial_losses_equal_their_closed_forms():
+    rng = np.random.default_rng(0)
+    real, fake = rng.normal(size=(2, 16)).astype("float32") * 4
+    d_real, d_fake = 1 / (1 + np.exp(-real.astype("float64"))), 1 / (1 + np.exp(-fake.astype("float64")))
+    np.testing.assert_allclose(losses.discriminator_loss(real, fake),
+                               -np.log(d_real) - np.log(1 - d_fake), rtol=1e-5)
+    np.testing.assert_allclose(losses.generator_loss(fake), -np.log(d_fake), rtol=1e-5)
+    # Finite where probabilities round to 0 or 1.
+    assert np.isfinite(losses.discriminator_loss(np.array([-200.0]), np.array([200.0]))).all()
+
+
+def test_a_short_real_data_run_moves_both_losses_and_both_networks(real_images):
+    model = make("gran3")
+    start_d = [v.numpy().copy() for v in model.discriminator.trainable_variables]
+    start_g = [v.numpy().copy() for v in model.generator.trainable_variables]
+    dataset = tf.data.Dataset.from_tensor_slices(real_images).batch(64)
+    history = model.fit(dataset, epochs=3, verbose=0, shuffle=False).history
+    # A random D starts at about 2 log 2 = 1.39 nats; it learns to tell real from G's.
+    assert history["discriminator_loss"][0] < 1.6
+    assert history["discriminator_loss"][-1] < history["discriminator_loss"][0] - 0.1
+    assert history["real_accuracy"][-1] > 0.8 and history["fake_accuracy"][-1] > 0.8
+    assert abs(history["generator_loss"][-1] - history["generator_loss"][0]) > 0.1
+    steps = 3 * len(dataset)
+    assert int(model.optimizer.iterations) == steps and int(model.discriminator_optimizer.iterations) == steps
+    # Every variable of both networks moved (g included: T = 3 uses it).
+    for before, variable in zip(start_d + start_g,
+                                model.discriminator.trainable_variables + model.generator.trainable_variables):
+        assert not np.allclose(before, variable.numpy()), variable.path
+
+
+def test_each_optimizer_trains_only_its_network(real_images):
+    model = make("gran1")
+    model.compile(optimizer=keras.optimizers.Adam(0.0), discriminator_optimizer=keras.optimizers.Adam(1e-3))
+    generator_before = [v.numpy().copy() for v in model.generator.trainable_variables]
+    model.fit(real_images[:128], epochs=1, batch_size=64, verbose=0)
+    for before, variable in zip(generator_before, model.generator.trainable_variables):
+        np.testing.assert_array_equal(before, variable.numpy())
+
+
+def test_mirrored_reports_the_real_unscaled_loss(real_images):
+    """With frozen weights, two replicas report what one device reports (not half)."""
+    reported = {}
+    for name in ("default", "mirrored"):
+        strategy = training.make_strategy(name)
+        with strategy.scope():
+            config = training.TrainConfig(model="gran1", learning_rate=0.0, discriminator_learning_rate=0.0)
+            model = training.build_model(config)
+        dataset = tf.data.Dataset.from_tensor_slices(real_images).batch(128)
+        reported[name] = model.fit(dataset, epochs=1, verbose=0, shuffle=False).history
+        if name == "mirrored":
+            assert strategy.num_replicas_in_sync == 2
+    for key in ("discriminator_loss", "generator_loss"):
+        # The noise differs between runs: equal to a few percent, never halved.
+        assert reported["mirrored"][key][0] == pytest.approx(reported["default"][key][0], rel=0.1), key
+
+
+@pytest.mark.parametrize("noise_mode", ["once", "every_step"])
+def test_keras_round_trip_is_equal_with_fixed_noise(noise_mode, real_images, tmp_path):
+    model = make("gran3", noise_mode=noise_mode)
+    model.fit(real_images[:128], epochs=1, batch_size=64, verbose=0)  # moving stats and optimizer slots
+    z = noise_for(model, 5)
+    path = tmp_path / "gran.keras"
+    model.save(path)
+    restored = keras.saving.load_model(path)  # no custom_objects: the classes are registered
+    assert isinstance(restored, RecurrentAdversarialNetwork)
+    assert restored.get_config() == model.get_config()
+    np.testing.assert_allclose(restored.generate(z), model.generate(z), atol=1e-6)
+    np.testing.assert_allclose(restored.discriminate(real_images[:8]), model.discriminate(real_images[:8]),
+                               atol=1e-6)
+    assert int(restored.discriminator_optimizer.iterations) == int(model.discriminator_optimizer.iterations)
+
+
+def test_weights_file_round_trip(tmp_path):
+    model = make("gran5")
+    path = caps_zoo.weights.save_weights(model, tmp_path / "gran5.weights.npz")
+    other = caps_zoo.load("gran5", weights=str(path))
+    z = noise_for(model, 3)
+    np.testing.assert_allclose(other.generate(z), model.generate(z), atol=1e-6)
+    with pytest.raises(caps_zoo.weights.WeightsError, match="different architecture"):
+        caps_zoo.load("gran3", weights=str(path))
+
+
+def test_bad_inputs_say_what_was_expected():
+    model = make("gran3")
+    with pytest.raises(ValueError, match=r"takes noise of shape \(batch, 60\)"):
+        model.generate(np.zeros((2, 3, 60), "float32"))
+    every = make("gran3", noise_mode="every_step")
+    with pytest.raises(ValueError, match=r"\(batch, steps, 60\)"):
+        every.generate(np.zeros((2, 60), "float32"))
+    with pytest.raises(ValueError, match=r"expects images of shape \(batch, 28, 28, 1\)"):
+        model.discriminate(np.zeros((2, 28, 28), "float32"))
+    with pytest.raises(TypeError, match="float images"):
+        model.discriminate(np.zeros((2, 28, 28, 1), "uint8"))
+    with pytest.raises(ValueError, match="noise_mode must be one of"):
+        caps_zoo.create_model("gran3", noise_mode="sometimes")
+    with pytest.raises(ValueError, match="divisible by"):
+        caps_zoo.create_model("gran3", image_shape=(30, 30, 1))
