@@ -10,7 +10,11 @@ float16, then measures every metric of ``model.evaluate`` with the float16
 weights as they will be loaded: on the full test split and, for MNIST, on the
 shipped 1,000-image sample (``tests/test_pretrained.py`` checks the latter).
 Runs of the Bernoulli VAEs (DRAW, DCRW) are measured on the fixed
-binarization.
+binarization. Generators (models with ``sample``: GRAN, DRAW, DCRW) also get
+the Frechet distance of 10,000 samples (``--frechet-samples``) to the test split on the features of
+the zoo's classifier for that dataset (``caps_zoo.metrics``), a grid of
+samples (``<tag>.samples.png``) and each of 8 samples beside its 3 nearest
+training images (``<tag>.nearest_neighbours.png``).
 """
 
 import argparse
@@ -26,8 +30,23 @@ import keras
 import tensorflow as tf
 
 import caps_zoo
-from caps_zoo import data, registry
+from caps_zoo import data, metrics, plots, registry
 from caps_zoo.training import machine_description
+
+def describe_samples(model, dataset, folder, tag, frechet_samples):
+    """Frechet distance of the model's samples, and its sample and neighbour figures."""
+    try:
+        frechet = metrics.sample_frechet_distance(model, dataset, frechet_samples)
+    except ValueError as error:  # no classifier pretrained on this dataset ships
+        frechet = {"frechet_distance": None, "skipped": str(error)}
+    samples = metrics.draw_samples(model, 100, seed=1)
+    plots.image_grid(samples, folder / f"{tag}.samples.png", title=f"{model.name}: samples")
+    train_images, _ = data.load_arrays(dataset, "train")
+    train_images = (train_images.astype("float32") / 255.0)[..., None]
+    indices, distances = metrics.nearest_neighbours(samples[:8], train_images, k=3)
+    plots.nearest_neighbour_grid(samples[:8], train_images, indices, distances,
+                                 folder / f"{tag}.nearest_neighbours.png")
+    return frechet
 
 
 def main(argv=None):
@@ -37,6 +56,8 @@ def main(argv=None):
     parser.add_argument("--wall-hours", type=float,
                         help="training wall time so far; default: from the run's progress.json")
     parser.add_argument("--tag", default="mnist")
+    parser.add_argument("--frechet-samples", type=int, default=10_000,
+                        help="generators: samples for the Frechet distance")
     parser.add_argument("--notes", default="", help="e.g. how the machine was shared")
     parser.add_argument("--status", help="e.g. why a run was stopped early; default: finished, "
                                          "or in training with the epochs done")
@@ -86,6 +107,10 @@ def main(argv=None):
     if config["dataset"] == "mnist":
         sample = model.evaluate(data.load("mnist_sample", "test", batch_size=250, binarize=binarize),
                                 return_dict=True, verbose=0)
+    frechet = {}
+    if hasattr(model, "sample"):
+        frechet = {"frechet": describe_samples(model, config["dataset"], weights_path.parent, args.tag,
+                                               args.frechet_samples)}
     train_count = data.num_examples(config["dataset"], "train", config.get("train_limit"))
     test_count = data.num_examples(config["dataset"], "test")  # all of it, as evaluated above
     steps = config.get("steps_per_epoch")
@@ -129,6 +154,7 @@ def main(argv=None):
         **({"sample": "caps_zoo/data/mnist_test_sample.npz (first 1,000 MNIST test images"
                       + (f", binarized '{binarize}')" if binarize else ")")} if sample else {}),
         **best_in_log,
+        **frechet,
         "measured_by": "recipes/ship_weights.py with the float16 weights as shipped",
         "measured_on": datetime.date.today().isoformat(),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},

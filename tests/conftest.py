@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -29,3 +30,57 @@ def sample_batch():
 
     images, labels = data.load_arrays("mnist_sample", "test")
     return (images[:256].astype("float32") / 255.0)[..., None], labels[:256].astype("int32")
+
+
+@pytest.fixture
+def tiny_mnist(tmp_path, monkeypatch):
+    """A CAPS_ZOO_DATA folder whose mnist.npz holds real MNIST test images
+    (256 as its training split, 128 as its test split): recipes end to end."""
+    from caps_zoo import data
+
+    images, labels = data.load_arrays("mnist_sample", "test")
+    folder = tmp_path / "data"
+    folder.mkdir()
+    np.savez(
+        folder / "mnist.npz",
+        x_train=images[:256],
+        y_train=labels[:256],
+        x_test=images[256:384],
+        y_test=labels[256:384],
+    )
+    monkeypatch.setenv(data.DATA_ENV, str(folder))
+    return folder
+
+
+class Killed(Exception):
+    """Raised by ``kill_at_epoch`` callbacks: a run killed between epochs."""
+
+
+class _KillAtEpoch(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise Killed
+
+
+@pytest.fixture
+def kill_at_epoch():
+    """``kill_at_epoch(n)``: a callback that raises ``Killed`` as epoch n begins."""
+    return _KillAtEpoch
+
+
+@pytest.fixture
+def scratch_saved_models(tmp_path, monkeypatch):
+    """An empty saved_models/ for recipes to ship into, but for the pretrained
+    capsnet that measures generators' Frechet distances."""
+    import shutil
+
+    from caps_zoo import registry
+
+    folder = tmp_path / "saved_models"
+    shutil.copytree(registry.saved_models_dir() / "capsnet", folder / "capsnet")
+    monkeypatch.setenv("CAPS_ZOO_SAVED_MODELS", str(folder))
+    return folder

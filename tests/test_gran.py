@@ -1,5 +1,10 @@
 """GRAN (RecurrentAdversarialNetwork): the recurrence, losses, training, serialization."""
 
+import json
+import runpy
+import sys
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -8,6 +13,9 @@ import tensorflow as tf
 import caps_zoo
 from caps_zoo import data, losses, training
 from caps_zoo.models.generative_recurrent_adversarial import RecurrentAdversarialNetwork
+from conftest import Killed
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 
 @pytest.fixture(scope="module")
@@ -191,3 +199,61 @@ def test_bad_inputs_say_what_was_expected():
         caps_zoo.create_model("gran3", noise_mode="sometimes")
     with pytest.raises(ValueError, match="divisible by"):
         caps_zoo.create_model("gran3", image_shape=(30, 30, 1))
+
+
+class OptimizerSteps(keras.callbacks.Callback):
+    """Records both optimizers' step counts when training ends."""
+
+    def on_train_end(self, logs=None):
+        self.steps = (int(self.model.optimizer.iterations), int(self.model.discriminator_optimizer.iterations))
+
+
+def test_a_killed_gan_run_resumes_with_both_optimizers(tiny_mnist, kill_at_epoch, tmp_path):
+    config = training.TrainConfig(
+        model="gran1", epochs=2, batch_size=64, output_dir=str(tmp_path / "run"), shift_pixels=0,
+        learning_rate=2e-4, discriminator_learning_rate=1e-4, adam_beta_1=0.5, verbose=0,
+    )
+    with pytest.raises(Killed):
+        training.train(config, callbacks=[kill_at_epoch(1)])
+    steps = OptimizerSteps()
+    training.train(config, callbacks=[steps])
+    # 256 images in batches of 64: 4 steps an epoch; the backup restored both optimizers.
+    assert steps.steps == (8, 8)
+    log = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    header, rows = log[0].split(","), [line.split(",") for line in log[1:]]
+    assert [row[0] for row in rows] == ["0", "1"]
+    for epoch, row in enumerate(rows):  # both decay by TrainConfig's 0.9 per epoch
+        assert float(row[header.index("learning_rate")]) == pytest.approx(2e-4 * 0.9**epoch)
+        assert float(row[header.index("discriminator_learning_rate")]) == pytest.approx(1e-4 * 0.9**epoch)
+
+
+def test_gran_recipe_trains_measures_and_ships(tiny_mnist, scratch_saved_models, tmp_path, monkeypatch, capsys):
+    run_dir = tmp_path / "run"
+    argv = [str(RECIPES / "train_gran.py"), "--model", "gran3", "--noise-mode", "every_step",
+            "--epochs", "1", "--batch-size", "64", "--frechet-samples", "300",
+            "--output-dir", str(run_dir), "--verbose", "0"]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(argv[0], run_name="__main__")
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["model_overrides"] == {"noise_mode": "every_step"}
+    assert config["adam_beta_1"] == 0.5 and config["shift_pixels"] == 0
+    assert (run_dir / "samples" / "epoch_001.png").stat().st_size > 5000
+    results = json.loads((run_dir / "metrics.json").read_text())
+    assert set(results["test"]) == {"discriminator_loss", "generator_loss", "real_accuracy", "fake_accuracy"}
+    assert results["frechet"]["n_generated"] == 300 and results["frechet"]["frechet_distance"] > 0
+    assert "capsnet" in results["frechet"]["feature_classifier"]
+    assert '"frechet_distance"' in capsys.readouterr().out
+
+    ship = RECIPES / "ship_weights.py"
+    monkeypatch.setattr(sys, "argv", [str(ship), "--run-dir", str(run_dir), "--command", "test",
+                                      "--frechet-samples", "300"])
+    runpy.run_path(str(ship), run_name="__main__")
+    metadata = json.loads((tmp_path / "saved_models" / "gran3" / "mnist.json").read_text())
+    assert metadata["model_overrides"] == {"noise_mode": "every_step"}
+    assert 0 <= metadata["sample_real_accuracy"] <= 1 and metadata["frechet"]["frechet_distance"] > 0
+    for figure in ("samples", "nearest_neighbours"):
+        assert (tmp_path / "saved_models" / "gran3" / f"mnist.{figure}.png").stat().st_size > 5000
+    model = caps_zoo.load("gran3")  # the shipped tag, with the run's noise mode from its metadata
+    assert model.noise_mode == "every_step"
+    real = model.evaluate(data.load("mnist_sample", "test", batch_size=250), return_dict=True, verbose=0)
+    assert real["real_accuracy"] == pytest.approx(metadata["sample_real_accuracy"], abs=2e-3)

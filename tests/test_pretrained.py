@@ -25,6 +25,10 @@ def test_shipped_weights_reach_stated_metrics_on_shipped_sample(name):
         # One image of 1,000 may flip between CPUs (summation order).
         assert metrics["accuracy"] == pytest.approx(metadata["sample_accuracy"], abs=1e-3)
         assert metadata["test_accuracy"] > 0.98  # a trained model, not a random one
+    elif "sample_real_accuracy" in metadata:
+        # GANs: D's verdict on real images is deterministic (its G's samples are not).
+        assert metrics["real_accuracy"] == pytest.approx(metadata["sample_real_accuracy"], abs=2e-3)
+        assert metadata["frechet"]["frechet_distance"] is not None
     else:
         assert metrics["loss"] == pytest.approx(
             metadata["sample_loss"], abs=SAMPLED_BOUND_TOLERANCE_NATS

@@ -155,19 +155,13 @@ def test_mirrored_reports_the_real_unscaled_loss(binary_batch):
     assert reported == pytest.approx(expected, rel=0.05)
 
 
-def test_draw_recipe_trains_and_ships(tmp_path, monkeypatch, capsys):
+def test_draw_recipe_trains_and_ships(tiny_mnist, scratch_saved_models, tmp_path, monkeypatch, capsys):
     import json
     import runpy
     import sys
     from pathlib import Path
 
     recipes = Path(__file__).resolve().parent.parent / "recipes"
-    images, labels = data.load_arrays("mnist_sample", "test")
-    folder = tmp_path / "data"
-    folder.mkdir()
-    np.savez(folder / "mnist.npz", x_train=images[:200], y_train=labels[:200],
-             x_test=images[200:300], y_test=labels[200:300])
-    monkeypatch.setenv(data.DATA_ENV, str(folder))
     run_dir = tmp_path / "run"
 
     def recipe(epochs):
@@ -182,11 +176,13 @@ def test_draw_recipe_trains_and_ships(tmp_path, monkeypatch, capsys):
     assert json.loads((run_dir / "metrics.json").read_text())["test"]["loss"] > 0
     assert '"kl_loss"' in capsys.readouterr().out
 
-    monkeypatch.setenv("CAPS_ZOO_SAVED_MODELS", str(tmp_path / "saved_models"))
     ship = recipes / "ship_weights.py"
-    monkeypatch.setattr(sys, "argv", [str(ship), "--run-dir", str(run_dir), "--command", "test"])
+    monkeypatch.setattr(sys, "argv", [str(ship), "--run-dir", str(run_dir), "--command", "test",
+                                      "--frechet-samples", "300"])
     runpy.run_path(str(ship), run_name="__main__")
     metadata = caps_zoo.load_metadata("dcrw")
+    assert metadata["frechet"]["n_generated"] == 300 and metadata["frechet"]["frechet_distance"] > 0
+    assert (tmp_path / "saved_models" / "dcrw" / "mnist.nearest_neighbours.png").stat().st_size > 5000
     assert metadata["model_overrides"] == {"steps": 2}
     assert "binarized 'fixed'" in metadata["data"]
     assert metadata["test_loss"] == pytest.approx(

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 import caps_zoo
 from caps_zoo import data, training
+from conftest import Killed
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "train_capsnet.py"
 
@@ -67,44 +68,13 @@ def test_mirrored_step_equals_single_device_step(sample_batch):
     assert moved > len(initial) // 2  # the step really changed the weights
 
 
-@pytest.fixture
-def tiny_mnist(tmp_path, monkeypatch):
-    """A CAPS_ZOO_DATA folder whose mnist.npz holds real MNIST test images."""
-    images, labels = data.load_arrays("mnist_sample", "test")
-    folder = tmp_path / "data"
-    folder.mkdir()
-    np.savez(
-        folder / "mnist.npz",
-        x_train=images[:256],
-        y_train=labels[:256],
-        x_test=images[256:384],
-        y_test=labels[256:384],
-    )
-    monkeypatch.setenv(data.DATA_ENV, str(folder))
-    return folder
-
-
-class Killed(Exception):
-    pass
-
-
-class KillAtEpoch(keras.callbacks.Callback):
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise Killed
-
-
-def test_train_writes_run_dir_and_resumes_after_a_kill(tiny_mnist, tmp_path):
+def test_train_writes_run_dir_and_resumes_after_a_kill(tiny_mnist, kill_at_epoch, tmp_path):
     run_dir = tmp_path / "run"
     config = training.TrainConfig(
         model="capsnet", epochs=2, batch_size=64, output_dir=str(run_dir), verbose=0
     )
     with pytest.raises(Killed):
-        training.train(config, callbacks=[KillAtEpoch(1)])
+        training.train(config, callbacks=[kill_at_epoch(1)])
     assert not (run_dir / "metrics.json").exists()
     metrics = training.train(config)  # the same call again resumes at epoch 1
     log = (run_dir / "log.csv").read_text().strip().splitlines()

@@ -475,19 +475,19 @@ def _gran(name, steps, overrides):
     )
 
 
-@register_model(paper=PAPER)
+@register_model(paper=PAPER, pretrained=("mnist",))
 def gran1(**overrides):
     """GRAN with T = 1: DCGAN plus the dense layer of eq. 7 (MNIST sizes)."""
     return _gran("gran1", 1, overrides)
 
 
-@register_model(paper=PAPER)
+@register_model(paper=PAPER, pretrained=("mnist",))
 def gran3(**overrides):
     """GRAN with T = 3 canvas updates (MNIST sizes: filters 80-40-1, z of 60)."""
     return _gran("gran3", 3, overrides)
 
 
-@register_model(paper=PAPER)
+@register_model(paper=PAPER, pretrained=("mnist",))
 def gran5(**overrides):
     """GRAN with T = 5 canvas updates (MNIST sizes: filters 80-40-1, z of 60)."""
     return _gran("gran5", 5, overrides)
