@@ -9,16 +9,18 @@ import os  # noqa: E402
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from caps_zoo import data, layers, losses, models  # noqa: E402  (models fill the registry)
-from caps_zoo import export  # noqa: E402
+from caps_zoo import export, metrics  # noqa: E402
 from caps_zoo.registry import create_model, list_models, load, load_metadata  # noqa: E402
 
 __all__ = [
     "create_model",
     "data",
+    "export",
     "layers",
     "list_models",
     "load",
     "load_metadata",
     "losses",
+    "metrics",
     "models",
 ]

@@ -24,12 +24,28 @@ def _float32_policy():
 
 
 @pytest.fixture(scope="session")
-def sample_batch():
-    """256 real MNIST test images and labels (shipped with the package)."""
+def mnist_sample():
+    """The 1,000 real MNIST test images shipped with the package: float
+    images in [0, 1] ``(1000, 28, 28, 1)`` and int32 labels."""
     from caps_zoo import data
 
     images, labels = data.load_arrays("mnist_sample", "test")
-    return (images[:256].astype("float32") / 255.0)[..., None], labels[:256].astype("int32")
+    return (images.astype("float32") / 255.0)[..., None], labels.astype("int32")
+
+
+@pytest.fixture(scope="session")
+def sample_batch(mnist_sample):
+    """The first 256 of them, with labels."""
+    images, labels = mnist_sample
+    return images[:256], labels[:256]
+
+
+@pytest.fixture(scope="session")
+def pretrained_capsnet():
+    """The shipped capsnet (the classifier behind the zoo's Frechet distance)."""
+    import caps_zoo
+
+    return caps_zoo.load("capsnet")
 
 
 @pytest.fixture

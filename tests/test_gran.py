@@ -19,10 +19,9 @@ RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 
 @pytest.fixture(scope="module")
-def real_images():
+def real_images(mnist_sample):
     """512 real MNIST test images in [0, 1] (shipped with the package)."""
-    images, _ = data.load_arrays("mnist_sample", "test")
-    return (images[:512].astype("float32") / 255.0)[..., None]
+    return mnist_sample[0][:512]
 
 
 def make(name="gran3", **overrides):

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import caps_zoo
 from caps_zoo import data, metrics
 
 # Stand-in models draw constant images; a stand-in discriminator calls an
@@ -314,14 +313,13 @@ def test_frechet_distance_rejects_bad_features():
 
 
 @pytest.fixture(scope="module")
-def capsnet():
-    return caps_zoo.load("capsnet")
+def capsnet(pretrained_capsnet):
+    return pretrained_capsnet
 
 
 @pytest.fixture(scope="module")
-def mnist_images():
-    images, _ = data.load_arrays("mnist_sample", "test")
-    return (images.astype("float32") / 255.0)[..., None]
+def mnist_images(mnist_sample):
+    return mnist_sample[0]
 
 
 def test_frechet_distance_grows_with_noise_on_real_mnist(capsnet, mnist_images):

@@ -46,7 +46,7 @@ def test_outputs_from_images_alone(model, sample_batch):
 def test_bad_inputs_are_explained(model):
     with pytest.raises(ValueError, match=r"expects images of shape \(batch, 28, 28, 1\)"):
         model(np.zeros((2, 28, 28), "float32"))
-    with pytest.raises(TypeError, match="float images scaled to"):
+    with pytest.raises(TypeError, match=r"float images with values in \[0, 1\]; got dtype uint8"):
         model(np.zeros((2, 28, 28, 1), "uint8"))
 
 

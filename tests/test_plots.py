@@ -5,21 +5,20 @@ import numpy as np
 import pytest
 
 import caps_zoo
-from caps_zoo import data, plots
+from caps_zoo import plots
 
 DELTAS = np.linspace(-0.25, 0.25, 11)
 ZERO = int(np.flatnonzero(DELTAS == 0)[0])
 
 
 @pytest.fixture(scope="module")
-def model():
-    return caps_zoo.load("capsnet")
+def model(pretrained_capsnet):
+    return pretrained_capsnet
 
 
 @pytest.fixture(scope="module")
-def mnist():
-    images, labels = data.load_arrays("mnist_sample", "test")
-    return (images[:16].astype("float32") / 255.0)[..., None], labels[:16].astype("int32")
+def mnist(mnist_sample):
+    return mnist_sample[0][:16], mnist_sample[1][:16]
 
 
 def test_delta_zero_is_the_plain_reconstruction(model, mnist):

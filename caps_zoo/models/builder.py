@@ -1,4 +1,5 @@
-"""The one way the registered builders make a model."""
+"""What the zoo's models share: how registered builders make them, and the
+check of the images they are given."""
 
 import keras
 
@@ -15,3 +16,20 @@ def build_compiled(model_class, name, defaults, overrides, optimizer=None):
     model.build()
     model.compile(optimizer=optimizer or keras.optimizers.Adam(1e-3))
     return model
+
+
+def check_images(model, images, values="with values in [0, 1]",
+                 dtype_hint="Convert with images.astype('float32') / 255."):
+    """Raise a clear error unless ``images`` is a float batch of ``model.image_shape``.
+
+    ``values`` says what the values must be, ``dtype_hint`` how to fix
+    integer images (the binary models say how to binarize).
+    """
+    if len(images.shape) != 4 or tuple(images.shape[1:]) != model.image_shape:
+        raise ValueError(
+            f"{model.name} expects images of shape (batch, {', '.join(map(str, model.image_shape))}) "
+            f"{values}; got shape {tuple(images.shape)}."
+        )
+    dtype = keras.backend.standardize_dtype(images.dtype)
+    if not dtype.startswith(("float", "bfloat")):
+        raise TypeError(f"{model.name} expects float images {values}; got dtype {dtype}. {dtype_hint}")

@@ -45,7 +45,7 @@ from keras import ops
 from caps_zoo import losses
 from caps_zoo.layers import FilterbankRead, FilterbankWrite
 from caps_zoo.layers.filterbank import window_box
-from caps_zoo.models.builder import build_compiled
+from caps_zoo.models.builder import build_compiled, check_images
 from caps_zoo.registry import register_model
 
 PAPER = "dcrw-convolutional-recurrent-writer.txt"
@@ -165,19 +165,6 @@ class RecurrentWriter(keras.Model):
 
     # -- the recurrence --------------------------------------------------------
 
-    def _check_images(self, images):
-        if len(images.shape) != 4 or tuple(images.shape[1:]) != self.image_shape:
-            raise ValueError(
-                f"{self.name} expects images of shape (batch, {', '.join(map(str, self.image_shape))}) "
-                f"with values in {{0, 1}}; got shape {tuple(images.shape)}."
-            )
-        dtype = keras.backend.standardize_dtype(images.dtype)
-        if not dtype.startswith(("float", "bfloat")):
-            raise TypeError(
-                f"{self.name} expects float images in {{0, 1}} (binarized MNIST); got dtype {dtype}. "
-                "Use caps_zoo.data.load(..., binarize='stochastic' or 'fixed')."
-            )
-
     def _zero_state(self, batch, units):
         return ops.zeros((batch, units), dtype=self.compute_dtype)
 
@@ -210,7 +197,8 @@ class RecurrentWriter(keras.Model):
         Deterministic; ``call`` draws the noise. Returns the canvas logits
         c_T and Lz per image (nats).
         """
-        self._check_images(images)
+        check_images(self, images, "with values in {0, 1}",
+                     "Use caps_zoo.data.load(..., binarize='stochastic' or 'fixed').")
         images = ops.cast(images, "float32")
         batch = ops.shape(images)[0]
         canvas = ops.zeros((batch, *self.image_shape), dtype="float32")

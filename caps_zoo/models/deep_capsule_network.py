@@ -35,7 +35,7 @@ from keras import ops
 
 from caps_zoo import losses
 from caps_zoo.layers import Length, Mask, PrimaryCaps, RoutingCaps
-from caps_zoo.models.builder import build_compiled
+from caps_zoo.models.builder import build_compiled, check_images
 from caps_zoo.registry import register_model
 
 PAPER = "deep-capsule-network.txt"
@@ -171,23 +171,9 @@ class CapsuleNetwork(keras.Model):
         self.decoder.build((None, shape[1] * shape[2]))
         self.built = True
 
-    def _check_images(self, images):
-        shape = tuple(images.shape[1:])
-        if len(images.shape) != 4 or shape != self.image_shape:
-            raise ValueError(
-                f"{self.name} expects images of shape (batch, {', '.join(map(str, self.image_shape))}) "
-                f"as float in [0, 1]; got shape {tuple(images.shape)}."
-            )
-        dtype = keras.backend.standardize_dtype(images.dtype)
-        if not dtype.startswith(("float", "bfloat")):
-            raise TypeError(
-                f"{self.name} expects float images scaled to [0, 1]; got dtype {dtype}. "
-                "Convert with images.astype('float32') / 255."
-            )
-
     def encode(self, images, training=False):
         """Images to class capsules ``(batch, num_classes, capsule_dim)``."""
-        self._check_images(images)
+        check_images(self, images)
         features = images
         for conv in self.convs:
             features = conv(features)

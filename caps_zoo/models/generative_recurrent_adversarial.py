@@ -40,11 +40,12 @@ import tensorflow as tf
 from keras import ops
 
 from caps_zoo import losses
-from caps_zoo.models.builder import build_compiled
+from caps_zoo.models.builder import build_compiled, check_images
 from caps_zoo.registry import register_model
 
 PAPER = "gran-recurrent-adversarial.txt"
 NOISE_MODES = ("once", "every_step")
+GENERATOR_ARGUMENTS = ("image_shape", "steps", "latent_dim", "filters", "kernel_size", "noise_mode")
 
 
 @keras.saving.register_keras_serializable(package="caps_zoo")
@@ -203,7 +204,7 @@ class RecurrentCanvasGenerator(keras.layers.Layer):
             h_z = self.noise_projection(noise)
         # h_c,1 = 0: the first step sees no earlier update.
         h_c = ops.zeros((ops.shape(noise)[0], self.latent_dim), dtype=self.compute_dtype)
-        canvas, canvases = 0.0, []
+        canvas, canvases, update = 0.0, [], None
         for step in range(steps):
             if self.noise_mode == "every_step":
                 h_z = self.noise_projection(noise[:, step])
@@ -334,23 +335,10 @@ class RecurrentAdversarialNetwork(keras.Model):
         drawn = self.generator(noise, steps=steps, training=False, return_sequence=True)
         return {key: ops.convert_to_numpy(value) for key, value in drawn.items()}
 
-    def _check_images(self, images):
-        if len(images.shape) != 4 or tuple(images.shape[1:]) != self.image_shape:
-            raise ValueError(
-                f"{self.name} expects images of shape (batch, {', '.join(map(str, self.image_shape))}) "
-                f"as float in [0, 1]; got shape {tuple(images.shape)}."
-            )
-        dtype = keras.backend.standardize_dtype(images.dtype)
-        if not dtype.startswith(("float", "bfloat")):
-            raise TypeError(
-                f"{self.name} expects float images scaled to [0, 1]; got dtype {dtype}. "
-                "Convert with images.astype('float32') / 255."
-            )
-
     def discriminate(self, images):
         """D's probability that each image is real: ``(batch,)``, inference mode."""
         images = ops.convert_to_tensor(images)
-        self._check_images(images)
+        check_images(self, images)
         return ops.sigmoid(self.discriminator(images, training=False))[:, 0]
 
     def serving_endpoints(self):
@@ -404,7 +392,7 @@ class RecurrentAdversarialNetwork(keras.Model):
         images, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if sample_weight is not None:
             raise ValueError("RecurrentAdversarialNetwork does not support sample weights.")
-        self._check_images(images)
+        check_images(self, images)
         return images
 
     def _real_and_fake_logits(self, real_images, training):
@@ -449,14 +437,9 @@ class RecurrentAdversarialNetwork(keras.Model):
 
     def get_config(self):
         config = super().get_config()
-        generator = self.generator
+        generator = self.generator.get_config()  # the generator's arguments are the model's
+        config.update({key: generator[key] for key in GENERATOR_ARGUMENTS})
         config.update(
-            image_shape=self.image_shape,
-            steps=self.steps,
-            latent_dim=self.latent_dim,
-            filters=generator.filters,
-            kernel_size=generator.kernel_size,
-            noise_mode=self.noise_mode,
             discriminator_filters=self.discriminator_filters,
             leaky_relu_slope=self.leaky_relu_slope,
             seed=self.seed,
