@@ -202,8 +202,8 @@ def _drawing_parts(drawn):
     canvases = np.asarray(drawn["canvases"], dtype=np.float32)
     if canvases.ndim != 5:
         raise ValueError(
-            "expected the dict of RecurrentWriter.sample(): canvases (steps, n, height, width, "
-            f"channels); got canvases of shape {canvases.shape}."
+            "expected the dict of a model's sample() (RecurrentWriter, GRAN): canvases (steps, n, "
+            f"height, width, channels); got canvases of shape {canvases.shape}."
         )
     boxes = drawn.get("write_boxes")
     return canvases, None if boxes is None else np.asarray(boxes, dtype=np.float32)
@@ -219,7 +219,8 @@ def _step_indices(steps, columns):
 def drawing_strip(drawn, path=None, columns=10, max_rows=8):
     """One row per sample: the canvas at ``columns`` steps from first to last.
 
-    The red box is the patch written at that step. With ``path``: saves a
+    Where the dict has ``write_boxes`` (DRAW, DCRW), a red box shows the
+    patch written at that step. With ``path``: saves a
     PNG, returns ``path``; without, returns the figure.
     """
     from matplotlib.patches import Rectangle
@@ -243,7 +244,8 @@ def drawing_strip(drawn, path=None, columns=10, max_rows=8):
                                          edgecolor=np.array(BOX_COLOUR) / 255, linewidth=1))
             if row == 0:
                 axis.set_title(f"t={step + 1}", fontsize=8)
-    return _finish(figure, "canvas sigmoid(c_t) after step t; red: the patch written at t", path)
+    title = "canvas sigmoid(c_t) after step t" + ("; red: the patch written at t" if boxes is not None else "")
+    return _finish(figure, title, path)
 
 
 def drawing_frames(drawn, scale=4, columns=8, max_images=16):

@@ -54,7 +54,8 @@ class TrainConfig:
     binarize: str = None  # "stochastic" for the Bernoulli VAEs; the test split is then "fixed"
     clip_norm: float = None  # global gradient-norm clipping (Adam's global_clipnorm)
     adam_beta_1: float = 0.9  # GANs: 0.5 (DCGAN)
-    # Adversarial models: the discriminator's own Adam (learning_rate is the generator's).
+    # Adversarial models: the discriminator's Adam (learning_rate is the
+    # generator's); None: the same as the generator's.
     discriminator_learning_rate: float = None
     sample_grids: bool = False  # models with sample(): a PNG of samples after every epoch
 
@@ -102,9 +103,17 @@ def build_model(config):
             learning_rate, beta_1=config.adam_beta_1, global_clipnorm=config.clip_norm
         )
 
+    adversarial = hasattr(model, "discriminator_optimizer")
+    if config.discriminator_learning_rate is not None and not adversarial:
+        raise ValueError(
+            f"discriminator_learning_rate is for adversarial models (GRAN); {config.model} has no "
+            "discriminator."
+        )
+    if config.sample_grids and not hasattr(model, "sample"):
+        raise ValueError(f"sample_grids needs a generator (a model with sample()); {config.model} is not one.")
     optimizers = {"optimizer": adam(config.learning_rate)}
-    if config.discriminator_learning_rate is not None:
-        optimizers["discriminator_optimizer"] = adam(config.discriminator_learning_rate)
+    if adversarial:
+        optimizers["discriminator_optimizer"] = adam(learning_rates(config)[1])
     model.compile(**optimizers)
     # Create the optimizer's slots now, inside the strategy's scope: a
     # custom train_step would otherwise create them in a replica context.
@@ -112,6 +121,13 @@ def build_model(config):
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
     return model
+
+
+def learning_rates(config):
+    """Initial learning rates of the model's optimizers: the generator's (or
+    only) one, and the discriminator's (default: the same)."""
+    discriminator = config.discriminator_learning_rate
+    return [config.learning_rate, config.learning_rate if discriminator is None else discriminator]
 
 
 def model_optimizers(model):
@@ -257,13 +273,11 @@ def _fit(model, strategy, config, run_dir, seed, callbacks):
         binarize="fixed" if config.binarize else None,
     )
 
-    initial_rates = [config.learning_rate]
-    if config.discriminator_learning_rate is not None:
-        initial_rates.append(config.discriminator_learning_rate)
     callbacks = [
         *callbacks,
         keras.callbacks.BackupAndRestore(str(run_dir / "backup"), save_freq="epoch"),
-        LearningRateDecay(initial_rates, config.learning_rate_decay),
+        # zip() pairs the rates with the model's optimizers: one, or a GAN's two.
+        LearningRateDecay(learning_rates(config), config.learning_rate_decay),
         keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True),
         WeightsSnapshot(run_dir),
     ]

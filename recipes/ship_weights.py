@@ -13,7 +13,8 @@ Runs of the Bernoulli VAEs (DRAW, DCRW) are measured on the fixed
 binarization. Generators (models with ``sample``: GRAN, DRAW, DCRW) also get
 the Frechet distance of 10,000 samples (``--frechet-samples``) to the test split on the features of
 the zoo's classifier for that dataset (``caps_zoo.metrics``), a grid of
-samples (``<tag>.samples.png``) and each of 8 samples beside its 3 nearest
+samples (``<tag>.samples.png``), the canvas after every step of 8
+(``<tag>.drawing.png``) and each of 8 samples beside its 3 nearest
 training images (``<tag>.nearest_neighbours.png``).
 """
 
@@ -41,6 +42,7 @@ def describe_samples(model, dataset, folder, tag, frechet_samples):
         frechet = {"frechet_distance": None, "skipped": str(error)}
     samples = metrics.draw_samples(model, 100, seed=1)
     plots.image_grid(samples, folder / f"{tag}.samples.png", title=f"{model.name}: samples")
+    plots.drawing_strip(model.sample(8, seed=2), folder / f"{tag}.drawing.png")
     train_images, _ = data.load_arrays(dataset, "train")
     train_images = (train_images.astype("float32") / 255.0)[..., None]
     indices, distances = metrics.nearest_neighbours(samples[:8], train_images, k=3)
@@ -57,7 +59,8 @@ def main(argv=None):
                         help="training wall time so far; default: from the run's progress.json")
     parser.add_argument("--tag", default="mnist")
     parser.add_argument("--frechet-samples", type=int, default=10_000,
-                        help="generators: samples for the Frechet distance")
+                        help="generators: samples for the Frechet distance (0: no Frechet "
+                             "distance or figures)")
     parser.add_argument("--notes", default="", help="e.g. how the machine was shared")
     parser.add_argument("--status", help="e.g. why a run was stopped early; default: finished, "
                                          "or in training with the epochs done")
@@ -108,7 +111,7 @@ def main(argv=None):
         sample = model.evaluate(data.load("mnist_sample", "test", batch_size=250, binarize=binarize),
                                 return_dict=True, verbose=0)
     frechet = {}
-    if hasattr(model, "sample"):
+    if hasattr(model, "sample") and args.frechet_samples > 0:
         frechet = {"frechet": describe_samples(model, config["dataset"], weights_path.parent, args.tag,
                                                args.frechet_samples)}
     train_count = data.num_examples(config["dataset"], "train", config.get("train_limit"))

@@ -29,6 +29,17 @@ def make(name="gran3", **overrides):
     return caps_zoo.create_model(name, **overrides)
 
 
+def _perturb_batch_norm_statistics(model, seed=0):
+    """Moving means and variances away from their initial 0 and 1, so that a
+    round trip or export that dropped them would show."""
+    rng = np.random.default_rng(seed)
+    for variable in model.non_trainable_variables:
+        if "moving_mean" in variable.path:
+            variable.assign(rng.normal(0, 0.5, variable.shape).astype("float32"))
+        elif "moving_variance" in variable.path:
+            variable.assign(rng.uniform(0.5, 2.0, variable.shape).astype("float32"))
+
+
 def noise_for(model, n, steps=None, seed=0):
     shape = (n, *model.generator.noise_shape(steps))
     return np.random.default_rng(seed).standard_normal(shape).astype("float32")
@@ -75,7 +86,8 @@ def test_t1_is_a_single_decoder_pass():
     assert generator.encoder_dense is None and not generator.encoder_convs
     z = noise_for(model, 6)
     h_z = np.tanh(z @ generator.noise_projection.kernel.numpy() + generator.noise_projection.bias.numpy())
-    x = generator.decoder_dense(np.concatenate([h_z, np.zeros_like(h_z)], axis=-1))
+    assert generator.decoder_dense.kernel.shape == (60, 7 * 7 * 80)  # h_z alone: no h_c
+    x = generator.decoder_dense(h_z)
     x = tf.reshape(x, (-1, 7, 7, 80))
     for conv, norm in zip(generator.decoder_convs, generator.decoder_norms[0]):
         x = conv(tf.nn.relu(norm(x, training=False)))
@@ -83,22 +95,51 @@ def test_t1_is_a_single_decoder_pass():
 
 
 def test_canvas_is_the_sigmoid_of_the_summed_updates():
-    """eq. 9, and h_c,t = g(Delta C_{t-1}): step t's update depends on step t-1's."""
+    """eq. 9, C = sigmoid(sum_t Delta C_t), with Delta C_t = f([h_z,t, g(Delta C_{t-1})])
+    built step by step from the layers; the canvas sequence is its running sum."""
     model = make("gran3", noise_mode="every_step")
+    _perturb_batch_norm_statistics(model)
+    generator = model.generator
     z = noise_for(model, 3)
-    canvases = model.generator(z, return_sequence=True)["canvases"].numpy()
-    logits = np.log(canvases / (1 - canvases))
-    updates = np.diff(np.concatenate([np.zeros_like(logits[:1]), logits]), axis=0)
-    assert np.all(np.abs(updates).reshape(3, -1).max(axis=1) > 1e-3)  # every step draws
-    # Noise of step 3 changes step 3 only; noise of step 1 changes every step.
-    later = z.copy()
-    later[:, 2] += 1.0
-    changed = model.generator(later, return_sequence=True)["canvases"].numpy()
-    np.testing.assert_allclose(changed[:2], canvases[:2], atol=1e-6)
-    assert np.abs(changed[2] - canvases[2]).max() > 1e-3
-    earlier = z.copy()
-    earlier[:, 0] += 1.0
-    assert np.abs(model.generator(earlier, return_sequence=True)["canvases"].numpy()[1] - canvases[1]).max() > 1e-3
+    total, h_c, update = 0.0, np.zeros((3, 60), "float32"), None
+    for step in range(3):
+        if step:
+            h_c = generator._encode(update, step, training=False)
+        update = generator._update(generator.noise_projection(z[:, step]), h_c, step, training=False)
+        total = total + update
+    drawn = generator(z, return_sequence=True)
+    np.testing.assert_allclose(drawn["images"], tf.sigmoid(total), atol=1e-6)
+    np.testing.assert_allclose(drawn["canvases"][-1], drawn["images"], atol=1e-6)
+
+
+def test_each_update_reads_the_previous_one_through_g():
+    """With noise at every step, z_1 reaches Delta C_2 only through
+    h_c,2 = g(Delta C_1); z_3 changes nothing before step 3."""
+    model = make("gran3", noise_mode="every_step")
+
+    def updates(noise):
+        canvases = model.generator(noise, return_sequence=True)["canvases"].numpy().astype("float64")
+        logits = np.log(canvases / (1 - canvases))
+        return np.diff(np.concatenate([np.zeros_like(logits[:1]), logits]), axis=0)
+
+    z = noise_for(model, 3)
+    base = updates(z)
+    assert np.all(np.abs(base).reshape(3, -1).max(axis=1) > 1e-3)  # every step draws
+    last = z.copy()
+    last[:, 2] += 1.0
+    changed = updates(last)
+    np.testing.assert_allclose(changed[:2], base[:2], atol=1e-4)
+    assert np.abs(changed[2] - base[2]).max() > 1e-3
+    first = z.copy()
+    first[:, 0] += 1.0
+    # Small at a random init, but far above float32 rounding (~1e-7) ...
+    assert np.abs(updates(first)[1] - base[1]).max() > 1e-5
+    # ... and it is g's doing: with g's output fixed at 0, z_1 no longer reaches Delta C_2.
+    dense = model.generator.encoder_dense
+    dense.kernel.assign(np.zeros(dense.kernel.shape, "float32"))
+    dense.bias.assign(np.zeros(dense.bias.shape, "float32"))
+    base = updates(z)
+    np.testing.assert_allclose(updates(first)[1], base[1], atol=1e-6)
 
 
 def test_adversarial_losses_equal_their_closed_forms():
@@ -135,9 +176,19 @@ def test_each_optimizer_trains_only_its_network(real_images):
     model = make("gran1")
     model.compile(optimizer=keras.optimizers.Adam(0.0), discriminator_optimizer=keras.optimizers.Adam(1e-3))
     generator_before = [v.numpy().copy() for v in model.generator.trainable_variables]
+    discriminator_before = [v.numpy().copy() for v in model.discriminator.trainable_variables]
     model.fit(real_images[:128], epochs=1, batch_size=64, verbose=0)
     for before, variable in zip(generator_before, model.generator.trainable_variables):
         np.testing.assert_array_equal(before, variable.numpy())
+    assert any(not np.allclose(b, v.numpy()) for b, v in zip(discriminator_before,
+                                                             model.discriminator.trainable_variables))
+    # And the converse: D frozen, G moves.
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), discriminator_optimizer=keras.optimizers.Adam(0.0))
+    discriminator_before = [v.numpy().copy() for v in model.discriminator.trainable_variables]
+    model.fit(real_images[:128], epochs=1, batch_size=64, verbose=0)
+    for before, variable in zip(discriminator_before, model.discriminator.trainable_variables):
+        np.testing.assert_array_equal(before, variable.numpy())
+    assert any(not np.allclose(b, v.numpy()) for b, v in zip(generator_before, model.generator.trainable_variables))
 
 
 def test_mirrored_reports_the_real_unscaled_loss(real_images):
@@ -157,9 +208,34 @@ def test_mirrored_reports_the_real_unscaled_loss(real_images):
         assert reported["mirrored"][key][0] == pytest.approx(reported["default"][key][0], rel=0.1), key
 
 
+def test_every_replica_draws_its_own_noise():
+    """A SeedGenerator is copied to every replica; its noise must not be."""
+    from caps_zoo.models.builder import replica_normal
+
+    strategy = training.make_strategy("mirrored")
+    with strategy.scope():
+        seed = keras.random.SeedGenerator(3)
+    values = strategy.experimental_local_results(strategy.run(lambda: replica_normal((4, 5), seed)))
+    assert len(values) == 2 and np.abs(values[0].numpy() - values[1].numpy()).max() > 0.1
+    again = strategy.experimental_local_results(strategy.run(lambda: replica_normal((4, 5), seed)))
+    assert np.abs(again[0].numpy() - values[0].numpy()).max() > 0.1  # new noise every call
+
+
+def test_training_options_that_do_not_fit_the_model_are_refused():
+    with pytest.raises(ValueError, match="discriminator_learning_rate is for adversarial models"):
+        training.build_model(training.TrainConfig(model="capsnet", discriminator_learning_rate=1e-4))
+    with pytest.raises(ValueError, match="sample_grids needs a generator"):
+        training.build_model(training.TrainConfig(model="capsnet", sample_grids=True))
+    # A GAN always gets a discriminator optimizer from the config (default: G's rate).
+    model = training.build_model(training.TrainConfig(model="gran1", learning_rate=3e-4, adam_beta_1=0.5))
+    assert model.discriminator_optimizer.learning_rate.numpy() == pytest.approx(3e-4)
+    assert model.discriminator_optimizer.beta_1 == pytest.approx(0.5)
+
+
 @pytest.mark.parametrize("noise_mode", ["once", "every_step"])
 def test_keras_round_trip_is_equal_with_fixed_noise(noise_mode, real_images, tmp_path):
     model = make("gran3", noise_mode=noise_mode)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), steps_per_execution=2)
     model.fit(real_images[:128], epochs=1, batch_size=64, verbose=0)  # moving stats and optimizer slots
     z = noise_for(model, 5)
     path = tmp_path / "gran.keras"
@@ -171,10 +247,13 @@ def test_keras_round_trip_is_equal_with_fixed_noise(noise_mode, real_images, tmp
     np.testing.assert_allclose(restored.discriminate(real_images[:8]), model.discriminate(real_images[:8]),
                                atol=1e-6)
     assert int(restored.discriminator_optimizer.iterations) == int(model.discriminator_optimizer.iterations)
+    assert restored.discriminator_optimizer.beta_1 == pytest.approx(0.5)
+    assert restored.steps_per_execution == model.steps_per_execution == 2  # the rest of compile()
 
 
 def test_weights_file_round_trip(tmp_path):
     model = make("gran5")
+    _perturb_batch_norm_statistics(model)
     path = caps_zoo.weights.save_weights(model, tmp_path / "gran5.weights.npz")
     other = caps_zoo.load("gran5", weights=str(path))
     z = noise_for(model, 3)
@@ -256,3 +335,8 @@ def test_gran_recipe_trains_measures_and_ships(tiny_mnist, scratch_saved_models,
     assert model.noise_mode == "every_step"
     real = model.evaluate(data.load("mnist_sample", "test", batch_size=250), return_dict=True, verbose=0)
     assert real["real_accuracy"] == pytest.approx(metadata["sample_real_accuracy"], abs=2e-3)
+
+
+@pytest.mark.parametrize("name, parameters", [("gran1", 405_622), ("gran3", 959_002), ("gran5", 960_922)])
+def test_parameter_counts_in_the_readme(name, parameters):
+    assert caps_zoo.create_model(name).count_params() == parameters

@@ -2,6 +2,7 @@
 check of the images they are given."""
 
 import keras
+import tensorflow as tf
 
 
 def build_compiled(model_class, name, defaults, overrides, optimizer=None):
@@ -33,3 +34,19 @@ def check_images(model, images, values="with values in [0, 1]",
     dtype = keras.backend.standardize_dtype(images.dtype)
     if not dtype.startswith(("float", "bfloat")):
         raise TypeError(f"{model.name} expects float images {values}; got dtype {dtype}. {dtype_hint}")
+
+
+def replica_normal(shape, seed_generator):
+    """N(0, 1) noise of ``shape`` from ``seed_generator``, different on every replica.
+
+    Under a tf.distribute strategy each replica holds a copy of a
+    SeedGenerator's state and advances it in step with the others, so
+    ``keras.random.normal(seed=generator)`` draws the same noise on all of
+    them (duplicate samples in every global batch). The replica's id offsets
+    the seed's first half (the generator advances the second).
+    """
+    seed = tf.cast(seed_generator.next(), tf.int64)
+    context = tf.distribute.get_replica_context()
+    replica = 0 if context is None else context.replica_id_in_sync_group
+    seed = seed + tf.stack([tf.cast(replica, tf.int64), tf.constant(0, tf.int64)])
+    return tf.random.stateless_normal(shape, seed=seed)

@@ -45,7 +45,7 @@ from keras import ops
 from caps_zoo import losses
 from caps_zoo.layers import FilterbankRead, FilterbankWrite
 from caps_zoo.layers.filterbank import window_box
-from caps_zoo.models.builder import build_compiled, check_images
+from caps_zoo.models.builder import build_compiled, check_images, replica_normal
 from caps_zoo.registry import register_model
 
 PAPER = "dcrw-convolutional-recurrent-writer.txt"
@@ -223,9 +223,7 @@ class RecurrentWriter(keras.Model):
         return canvas, latent_kl
 
     def call(self, images, training=False):
-        noise = keras.random.normal(
-            (ops.shape(images)[0], self.steps, self.latent_dim), seed=self.noise_seed
-        )
+        noise = replica_normal((ops.shape(images)[0], self.steps, self.latent_dim), self.noise_seed)
         canvas, latent_kl = self.reconstruct(images, noise)
         return {
             "reconstruction": ops.sigmoid(canvas),

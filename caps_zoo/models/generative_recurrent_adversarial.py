@@ -15,8 +15,13 @@ convolutions, then one dense layer with tanh, so that ``h_c`` lies in
 (-1, 1) like ``h_z`` (the paper's reason for the tanh of eq. 7); ``h_c`` has
 the size of z, as in the authors' code. The paper's MNIST sizes are the
 defaults: filters [80, 40] (+ 1 channel), 5x5 kernels, z of 60. GRAN1
-(T = 1) never calls ``g``: it is DCGAN plus the dense layer of eq. 7, and
-has no ``g`` at all.
+(T = 1) never calls ``g`` and has none, and its ``f`` takes ``h_z`` alone
+(its ``h_c`` would always be 0): DCGAN plus the dense layer of eq. 7, as
+the paper says.
+
+The discriminator's batch normalisation sees a real batch and a generated
+batch separately in training (as in DCGAN); its moving statistics, which
+inference (``discriminate``, the GAM battle) uses, average over both.
 
 Batch normalisation (DCGAN's trick, which the paper uses) follows every
 hidden layer of ``f`` and ``g``, with statistics and scale kept per step
@@ -40,7 +45,7 @@ import tensorflow as tf
 from keras import ops
 
 from caps_zoo import losses
-from caps_zoo.models.builder import build_compiled, check_images
+from caps_zoo.models.builder import build_compiled, check_images, replica_normal
 from caps_zoo.registry import register_model
 
 PAPER = "gran-recurrent-adversarial.txt"
@@ -130,7 +135,8 @@ class RecurrentCanvasGenerator(keras.layers.Layer):
     def build(self, input_shape=None):
         batch = None
         self.noise_projection.build((batch, self.latent_dim))
-        self.decoder_dense.build((batch, 2 * self.latent_dim))
+        # [h_z, h_c]; GRAN1 never has an h_c, so its f takes h_z alone.
+        self.decoder_dense.build((batch, self.latent_dim * (2 if self.steps > 1 else 1)))
         shape = (batch, *self.start_shape)
         for index, conv in enumerate(self.decoder_convs):
             for norms in self.decoder_norms:
@@ -154,9 +160,9 @@ class RecurrentCanvasGenerator(keras.layers.Layer):
         return (self.steps if steps is None else int(steps), self.latent_dim)
 
     def _update(self, h_z, h_c, step, training):
-        """``Delta C_t = f([h_z, h_c])`` (eq. 8), float32."""
+        """``Delta C_t = f([h_z, h_c])`` (eq. 8), float32; ``f(h_z)`` if h_c is None."""
         norms = self.decoder_norms[min(step, self.steps - 1)]
-        x = self.decoder_dense(ops.concatenate([h_z, h_c], axis=-1))
+        x = self.decoder_dense(h_z if h_c is None else ops.concatenate([h_z, h_c], axis=-1))
         x = ops.reshape(x, (-1, *self.start_shape))
         for conv, norm in zip(self.decoder_convs, norms):
             x = conv(ops.relu(norm(x, training=training)))
@@ -202,8 +208,10 @@ class RecurrentCanvasGenerator(keras.layers.Layer):
         noise = ops.cast(noise, self.compute_dtype)
         if self.noise_mode == "once":
             h_z = self.noise_projection(noise)
-        # h_c,1 = 0: the first step sees no earlier update.
-        h_c = ops.zeros((ops.shape(noise)[0], self.latent_dim), dtype=self.compute_dtype)
+        # h_c,1 = 0: the first step sees no earlier update (GRAN1: no h_c at all).
+        h_c = None
+        if self.steps > 1:
+            h_c = ops.zeros((ops.shape(noise)[0], self.latent_dim), dtype=self.compute_dtype)
         canvas, canvases, update = 0.0, [], None
         for step in range(steps):
             if self.noise_mode == "every_step":
@@ -310,11 +318,10 @@ class RecurrentAdversarialNetwork(keras.Model):
 
     # -- generating and discriminating ----------------------------------------
 
-    def prior_noise(self, n, steps=None, seed=None):
-        """Noise for ``n`` images from N(0, I), shaped for the noise mode."""
-        return keras.random.normal(
-            (n, *self.generator.noise_shape(steps)), seed=self.noise_seed if seed is None else seed
-        )
+    def prior_noise(self, n, steps=None):
+        """Noise for ``n`` images from N(0, I), shaped for the noise mode (new
+        on every call and on every replica)."""
+        return replica_normal((n, *self.generator.noise_shape(steps)), self.noise_seed)
 
     def call(self, noise, steps=None, training=False):
         return self.generator(noise, steps=steps, training=training)
@@ -374,10 +381,14 @@ class RecurrentAdversarialNetwork(keras.Model):
         return config
 
     def compile_from_config(self, config):
+        # Keras skips a custom compile() on load; this one restores both
+        # optimizers and the rest of the compile arguments.
         config = dict(config)
-        optimizer = keras.saving.deserialize_keras_object(config.pop("optimizer", None))
-        discriminator = keras.saving.deserialize_keras_object(config.pop("discriminator_optimizer", None))
-        self.compile(optimizer=optimizer, discriminator_optimizer=discriminator)
+        discriminator = config.pop("discriminator_optimizer", None)
+        config = keras.saving.deserialize_keras_object(config)
+        if discriminator is not None:
+            discriminator = keras.saving.deserialize_keras_object(discriminator)
+        self.compile(discriminator_optimizer=discriminator, **config)
 
     @property
     def metrics(self):
@@ -402,10 +413,14 @@ class RecurrentAdversarialNetwork(keras.Model):
         fake_logits = self.discriminator(fake_images, training=training)[:, 0]
         return real_logits, fake_logits
 
-    def _update_metrics(self, real_logits, fake_logits):
+    def _update_metrics(self, real_logits, fake_logits, generator_fake_logits=None):
+        """D's loss and accuracies from the logits it was trained (or tested) on;
+        G's loss from the logits of G's own step (default: the same)."""
+        if generator_fake_logits is None:
+            generator_fake_logits = fake_logits
         # Unscaled per-replica values; Mean aggregates over replicas.
         self.discriminator_loss_tracker.update_state(losses.discriminator_loss(real_logits, fake_logits))
-        self.generator_loss_tracker.update_state(losses.generator_loss(fake_logits))
+        self.generator_loss_tracker.update_state(losses.generator_loss(generator_fake_logits))
         self.real_accuracy_tracker.update_state(ops.cast(real_logits >= 0, "float32"))
         self.fake_accuracy_tracker.update_state(ops.cast(fake_logits < 0, "float32"))
         return {metric.name: metric.result() for metric in self.metrics}
@@ -425,12 +440,12 @@ class RecurrentAdversarialNetwork(keras.Model):
         generator_variables = self.generator.trainable_variables
         with tf.GradientTape() as tape:
             fake_images = self.generator(self.prior_noise(ops.shape(real_images)[0]), training=True)
-            fake_logits = self.discriminator(fake_images, training=True)[:, 0]
-            loss = ops.mean(losses.generator_loss(fake_logits)) / replicas
+            generator_fake_logits = self.discriminator(fake_images, training=True)[:, 0]
+            loss = ops.mean(losses.generator_loss(generator_fake_logits)) / replicas
             scaled = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled, generator_variables)
         self.optimizer.apply(gradients, generator_variables)
-        return self._update_metrics(real_logits, fake_logits)
+        return self._update_metrics(real_logits, fake_logits, generator_fake_logits)
 
     def test_step(self, data):
         return self._update_metrics(*self._real_and_fake_logits(self._real_images(data), training=False))
