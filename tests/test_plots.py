@@ -145,7 +145,7 @@ def test_drawing_without_write_attention_has_no_boxes(tmp_path):
 
 
 def test_drawing_rejects_other_input():
-    with pytest.raises(ValueError, match="RecurrentWriter.sample"):
+    with pytest.raises(ValueError, match=r"a model.s sample\(\) \(RecurrentWriter, GRAN\)"):
         plots.drawing_strip({"canvases": np.zeros((28, 28))})
 
 

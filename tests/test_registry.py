@@ -21,7 +21,8 @@ def test_unknown_name_lists_close_matches():
     with pytest.raises(KeyError) as error:
         caps_zoo.load("deep_capnset")
     assert "Did you mean 'deep_capsnet'" in str(error.value)
-    assert "Available: capsnet, dcrw, dcrw_no_read_attention, deep_capsnet, draw." in str(error.value)
+    assert ("Available: capsnet, dcrw, dcrw_no_read_attention, deep_capsnet, draw, gran1, gran3, gran5."
+            in str(error.value))
 
 
 def test_unknown_pretrained_tag():
