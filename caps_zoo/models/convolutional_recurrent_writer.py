@@ -372,7 +372,7 @@ def dcrw(**overrides):
     return build_compiled(RecurrentWriter, "dcrw", DCRW_CONFIG, overrides)
 
 
-@register_model(paper=PAPER, pretrained=())
+@register_model(paper=PAPER, pretrained=("mnist",))
 def dcrw_no_read_attention(**overrides):
     """DCRW without attention in read: the CNN encodes x once, z_t sampled every step."""
     return build_compiled(RecurrentWriter, "dcrw_no_read_attention", DCRW_NO_READ_ATTENTION_CONFIG, overrides)
