@@ -31,12 +31,6 @@ def load_model(name, weights):
     return caps_zoo.load(name, weights=weights)
 
 
-def load_images(dataset, split):
-    """One split as float32 ``(n, 28, 28, 1)`` in [0, 1]."""
-    images, _ = data.load_arrays(dataset, split)
-    return (images.astype("float32") / 255.0)[..., None]
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", metavar="GAN[=WEIGHTS]",
@@ -67,8 +61,8 @@ def main(argv=None):
     labels = _labels(gans)
     if len(set(labels)) < len(labels):
         parser.error(f"the same model is given twice: {', '.join(labels)}")
-    x_train = load_images(args.dataset, "train")
-    x_test = load_images(args.dataset, "test")
+    x_train = data.load_images(args.dataset, "train")
+    x_test = data.load_images(args.dataset, "test")
     print(f"GAM on {args.dataset}: {len(x_train)} training and {len(x_test)} test images, "
           f"{args.samples} samples per generator (seed {args.seed})\n")
 

@@ -36,15 +36,11 @@ from caps_zoo.training import machine_description
 
 def describe_samples(model, dataset, folder, tag, frechet_samples):
     """Frechet distance of the model's samples, and its sample and neighbour figures."""
-    try:
-        frechet = metrics.sample_frechet_distance(model, dataset, frechet_samples)
-    except ValueError as error:  # no classifier pretrained on this dataset ships
-        frechet = {"frechet_distance": None, "skipped": str(error)}
+    frechet = metrics.sample_frechet_report(model, dataset, frechet_samples)
     samples = metrics.draw_samples(model, 100, seed=1)
     plots.image_grid(samples, folder / f"{tag}.samples.png", title=f"{model.name}: samples")
     plots.drawing_strip(model.sample(8, seed=2), folder / f"{tag}.drawing.png")
-    train_images, _ = data.load_arrays(dataset, "train")
-    train_images = (train_images.astype("float32") / 255.0)[..., None]
+    train_images = data.load_images(dataset, "train")
     indices, distances = metrics.nearest_neighbours(samples[:8], train_images, k=3)
     plots.nearest_neighbour_grid(samples[:8], train_images, indices, distances,
                                  folder / f"{tag}.nearest_neighbours.png")

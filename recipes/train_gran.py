@@ -48,9 +48,11 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+ARCHITECTURE_OPTIONS = ("steps", "noise_mode", "latent_dim")
+
+
 def model_overrides(args):
-    names = {"steps": "steps", "noise_mode": "noise_mode", "latent_dim": "latent_dim"}
-    return {key: getattr(args, arg) for arg, key in names.items() if getattr(args, arg) is not None}
+    return {key: getattr(args, key) for key in ARCHITECTURE_OPTIONS if getattr(args, key) is not None}
 
 
 def add_frechet_distance(run_dir, n_samples):
@@ -59,10 +61,7 @@ def add_frechet_distance(run_dir, n_samples):
     config = json.loads((run_dir / "config.json").read_text())
     model = caps_zoo.load(config["model"], weights=str(run_dir / "final.weights.npz"),
                           **config["model_overrides"])
-    try:
-        frechet = metrics.sample_frechet_distance(model, config["dataset"], n_samples)
-    except ValueError as error:  # no classifier pretrained on this dataset ships
-        frechet = {"frechet_distance": None, "skipped": str(error)}
+    frechet = metrics.sample_frechet_report(model, config["dataset"], n_samples)
     results = json.loads((run_dir / "metrics.json").read_text())
     results["frechet"] = frechet
     (run_dir / "metrics.json").write_text(json.dumps(results, indent=2))

@@ -89,6 +89,16 @@ def load_arrays(name, split):
     return (x_train, y_train) if split == "train" else (x_test, y_test)
 
 
+def as_float_images(images):
+    """uint8 images ``(n, h, w)`` as float32 ``(n, h, w, 1)`` in [0, 1]."""
+    return (images.astype("float32") / 255.0)[..., None]
+
+
+def load_images(name, split):
+    """All images of one split as float32 ``(n, 28, 28, 1)`` in [0, 1] (numpy)."""
+    return as_float_images(load_arrays(name, split)[0])
+
+
 def _random_shift(image, max_shift, seed):
     """Translate one image by up to ``max_shift`` pixels each way, filling
     with black (Sabour et al.): pad, then crop back at a random offset."""
@@ -162,7 +172,7 @@ def load(
     if shift_pixels < 0:
         raise ValueError(f"shift_pixels must be >= 0, got {shift_pixels}.")
 
-    images = (images.astype("float32") / 255.0)[..., None]
+    images = as_float_images(images)
     if binarize == "fixed":
         images = binarize_fixed(images)
     elif binarize == "threshold":
