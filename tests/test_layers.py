@@ -60,6 +60,85 @@ def test_routing_matches_numpy_reference(iterations):
     np.testing.assert_allclose(layer(u).numpy(), expected, atol=1e-5)
 
 
+def _routing_layer(rng, iterations, stop_gradient=False, shape=(3, 6, 4)):
+    layer = RoutingCaps(5, 3, routing_iterations=iterations, stop_gradient_in_routing=stop_gradient)
+    layer.build(shape)
+    kernel = rng.normal(scale=0.5, size=layer.kernel.shape).astype("float32")
+    layer.kernel.assign(kernel)
+    return layer, kernel
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+@pytest.mark.parametrize("stop_gradient", [False, True])
+@pytest.mark.parametrize("iterations", [1, 2, 3, 4])
+def test_both_routing_paths_match_numpy_reference(iterations, stop_gradient, policy):
+    # training=True runs the iterations as an XLA cluster, training=False as
+    # plain ops (exports); both must be the same routing. Under
+    # mixed_bfloat16 the layer computes in float32 throughout (predictions
+    # included: see RoutingCaps.predictions), so the tolerance is float32's.
+    keras.mixed_precision.set_global_policy(policy)
+    rng = np.random.default_rng(10 * iterations + stop_gradient)
+    u = rng.normal(size=(3, 6, 4)).astype("float32")
+    layer, kernel = _routing_layer(rng, iterations, stop_gradient)
+    expected = numpy_routing(u.astype("float64"), kernel.astype("float64"), 5, 3, iterations)
+    for training in (False, True):
+        out = layer(u, training=training)
+        assert out.dtype == "float32"
+        np.testing.assert_allclose(out.numpy(), expected, atol=1e-5)
+
+
+def _numeric_gradient(function, array, step=1e-6):
+    grad = np.zeros_like(array)
+    for index in np.ndindex(array.shape):
+        plus, minus = array.copy(), array.copy()
+        plus[index] += step
+        minus[index] -= step
+        grad[index] = (function(plus) - function(minus)) / (2 * step)
+    return grad
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_routing_gradients_match_numpy_finite_differences(training):
+    # Gradient of sum(v * weights) w.r.t. the kernel and the input capsules,
+    # through every iteration (no stop-gradient), against central finite
+    # differences of the float64 NumPy reference.
+    rng = np.random.default_rng(5)
+    shape = (2, 4, 3)
+    u = rng.normal(size=shape)
+    layer, kernel = _routing_layer(rng, 3, shape=shape)
+    weights = rng.normal(size=(2, 5, 3))
+
+    def loss(u_, kernel_):
+        return float((numpy_routing(u_, kernel_, 5, 3, 3) * weights).sum())
+
+    u_tensor = tf.constant(u.astype("float32"))
+    with tf.GradientTape() as tape:
+        tape.watch(u_tensor)
+        total = tf.reduce_sum(layer(u_tensor, training=training) * weights.astype("float32"))
+    grad_u, grad_kernel = tape.gradient(total, [u_tensor, layer.kernel])
+    kernel64 = kernel.astype("float64")
+    np.testing.assert_allclose(grad_u, _numeric_gradient(lambda a: loss(a, kernel64), u), atol=2e-4)
+    np.testing.assert_allclose(
+        grad_kernel, _numeric_gradient(lambda k: loss(u, k), kernel64), atol=2e-4
+    )
+
+
+@pytest.mark.parametrize("stop_gradient", [False, True])
+def test_xla_training_path_has_the_plain_paths_gradients(stop_gradient):
+    rng = np.random.default_rng(6)
+    u = tf.constant(rng.normal(size=(3, 6, 4)).astype("float32"))
+    layer, _ = _routing_layer(rng, 3, stop_gradient)
+    gradients = []
+    for training in (False, True):
+        with tf.GradientTape() as tape:
+            tape.watch(u)
+            total = tf.reduce_sum(layer(u, training=training) * tf.range(1.0, 4.0))
+        gradients.append(tape.gradient(total, [u, layer.kernel]))
+    for plain, xla in zip(*gradients):
+        assert np.abs(plain).sum() > 0
+        np.testing.assert_allclose(xla, plain, rtol=1e-5, atol=1e-6)
+
+
 def test_routing_softmax_is_over_parents_not_children():
     # With a single input capsule, softmax over parents lets the outputs
     # differ by agreement; softmax over children (the common bug) gives
