@@ -8,12 +8,27 @@ resumable: ``backup/`` (``BackupAndRestore``: weights, optimizer, epoch),
 enough to commit, so a run can move machines), ``progress.json`` (epochs
 done, training seconds over all restarts) and, once finished,
 ``final.weights.npz`` and ``metrics.json``.
+
+Model selection. By default (as the shipped runs were trained) the model
+trains on every training image and Keras' ``val_*`` columns are the test
+split: a figure picked from them was picked on the test set. With
+``validation=True`` the run trains on all but the last ``validation_size``
+training images, ``val_*`` are that validation split, and the test split is
+not touched at all (``ship_weights.py`` evaluates it once, on the weights it
+ships). A run with a ``selection_metric`` then also writes, whenever that
+metric improves, ``best.weights.npz`` (float16) and ``best.json`` (the
+1-based epoch, the metric, its value and mode, every validation metric of
+that epoch): the epoch that ships. Early stopping
+(``early_stopping_patience``) and ``stop_at`` go by the same metric and
+survive restarts (they read ``best.json``).
 """
 
 import argparse
 import dataclasses
 import functools
+import hashlib
 import json
+import math
 import os
 import platform
 import time
@@ -27,6 +42,10 @@ from caps_zoo import weights as weights_io
 
 PRECISIONS = ("float32", "mixed_bfloat16")
 STRATEGIES = ("default", "mirrored")
+LEARNING_RATE_SCHEDULES = ("exponential", "cosine")
+SELECTION_MODES = ("max", "min")
+BEST_WEIGHTS = "best.weights.npz"
+BEST_RECORD = "best.json"
 
 
 @dataclasses.dataclass
@@ -41,6 +60,10 @@ class TrainConfig:
     output_dir: str = "runs/capsnet"
     learning_rate: float = 1e-3
     learning_rate_decay: float = 0.9  # per epoch, as in the reference CapsNet code
+    # "exponential" (learning_rate_decay per epoch) or "cosine" (warm-up, then
+    # a half cosine to 0 at the end of `epochs`); see LearningRateDecay.
+    learning_rate_schedule: str = "exponential"
+    warmup_epochs: float = 0.0  # cosine only
     shift_pixels: int = 2
     train_limit: int = None  # first N training examples (tests, quick runs)
     test_limit: int = None
@@ -58,6 +81,18 @@ class TrainConfig:
     # generator's); None: the same as the generator's.
     discriminator_learning_rate: float = None
     sample_grids: bool = False  # models with sample(): a PNG of samples after every epoch
+    # Model selection (see the module's docstring). validation: train on all
+    # but the last validation_size training images and select on those.
+    validation: bool = False
+    validation_size: int = data.VALIDATION_SIZE  # tests on tiny datasets pass a small one
+    # With validation: the Keras log of the validation split that chooses the
+    # epoch to ship, and whether larger ("max") or smaller ("min") is better.
+    # None: no selection (the last epoch ships, e.g. GRAN, whose losses do not
+    # rank generators).
+    selection_metric: str = "val_accuracy"
+    selection_mode: str = "max"
+    early_stopping_patience: int = None  # stop after this many epochs without improvement
+    stop_at: float = None  # stop once the selection metric reaches this (time to accuracy)
 
     def validate(self):
         registry.get_spec(self.model)
@@ -68,11 +103,48 @@ class TrainConfig:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1.")
         data.check_binarize(self.binarize)
+        if self.learning_rate_schedule not in LEARNING_RATE_SCHEDULES:
+            raise ValueError(f"learning_rate_schedule must be one of {LEARNING_RATE_SCHEDULES}, "
+                             f"got '{self.learning_rate_schedule}'.")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(f"warmup_epochs must be in [0, epochs = {self.epochs}), got {self.warmup_epochs}.")
         for name in ("learning_rate", "discriminator_learning_rate"):
             value = getattr(self, name)
             if value is not None and not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value}.")
+        self._validate_selection()
         return self
+
+    def _validate_selection(self):
+        if self.selection_metric is not None and not str(self.selection_metric).startswith("val_"):
+            raise ValueError(
+                "selection_metric must be a metric of the validation split, named 'val_<metric>' "
+                f"as in log.csv (e.g. 'val_accuracy', 'val_loss'), got {self.selection_metric!r}."
+            )
+        if self.selection_mode not in SELECTION_MODES:
+            raise ValueError(f"selection_mode must be one of {SELECTION_MODES}, got {self.selection_mode!r}.")
+        if isinstance(self.validation_size, bool) or not isinstance(self.validation_size, int) \
+                or self.validation_size < 1:
+            raise ValueError(f"validation_size must be an integer >= 1, got {self.validation_size!r}.")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise ValueError(f"early_stopping_patience must be >= 1, got {self.early_stopping_patience}.")
+        stopping = [name for name in ("early_stopping_patience", "stop_at")
+                    if getattr(self, name) is not None]
+        if stopping and not self.validation:
+            raise ValueError(
+                f"{' and '.join(stopping)} need validation=True (--validation): without a validation "
+                "split, val_* are the test split, and stopping on it would select on the test set."
+            )
+        if stopping and self.selection_metric is None:
+            raise ValueError(
+                f"{' and '.join(stopping)} need a selection_metric; this config selects none "
+                f"(model {self.model} ships its last epoch)."
+            )
+        if self.validation and self.test_limit is not None:
+            raise ValueError(
+                "test_limit limits the test split evaluated during training; with validation=True "
+                "the test split is not touched during training (ship_weights evaluates all of it)."
+            )
 
 
 @functools.lru_cache(maxsize=None)
@@ -137,20 +209,59 @@ def model_optimizers(model):
 
 
 class LearningRateDecay(keras.callbacks.Callback):
-    """``lr = initial * decay ** epoch`` for every optimizer of the model.
+    """The learning rate of every optimizer of the model, by schedule.
 
+    - ``"exponential"``: ``lr = initial * decay ** epoch``, set per epoch (the
+      reference CapsNet code's schedule, and the default);
+    - ``"cosine"``: a linear warm-up from 0 over ``warmup_epochs``, then a
+      half cosine down to 0 at the end of ``total_epochs``, set before every
+      batch. It anneals within a fixed budget (time to accuracy), where the
+      exponential schedule would still sit at 0.66x its start after 4 epochs.
+
+    Both are functions of (epoch, batch) alone, so a run resumed by
+    ``BackupAndRestore`` at an epoch boundary continues the same curve.
     Keras' LearningRateScheduler sets ``model.optimizer`` alone; a GAN has a
-    second optimizer. Logs ``learning_rate`` (and ``discriminator_learning_rate``).
+    second optimizer. Logs ``learning_rate`` (and ``discriminator_learning_rate``),
+    the rate of the epoch's last batch.
     """
 
-    def __init__(self, initial_rates, decay):
+    def __init__(self, initial_rates, decay, schedule="exponential", warmup_epochs=0.0,
+                 total_epochs=None, steps_per_epoch=None):
         super().__init__()
+        if schedule not in LEARNING_RATE_SCHEDULES:
+            raise ValueError(f"schedule must be one of {LEARNING_RATE_SCHEDULES}, got {schedule!r}.")
+        if schedule == "cosine" and not (total_epochs and steps_per_epoch):
+            raise ValueError("the cosine schedule needs total_epochs and steps_per_epoch.")
         self.initial_rates = list(initial_rates)
         self.decay = decay
+        self.schedule = schedule
+        self.warmup_epochs = float(warmup_epochs)
+        self.total_epochs = total_epochs
+        self.steps_per_epoch = steps_per_epoch
+        self.epoch = 0
+
+    def factor(self, epoch, batch=0):
+        """The learning rate as a fraction of the initial one."""
+        if self.schedule == "exponential":
+            return self.decay**epoch
+        progress = epoch + batch / self.steps_per_epoch  # in epochs
+        if progress < self.warmup_epochs:
+            return (progress + 1 / self.steps_per_epoch) / self.warmup_epochs
+        span = max(self.total_epochs - self.warmup_epochs, 1e-9)
+        done = min((progress - self.warmup_epochs) / span, 1.0)
+        return 0.5 * (1.0 + math.cos(math.pi * done))
+
+    def _set(self, factor):
+        for optimizer, rate in zip(model_optimizers(self.model), self.initial_rates):
+            optimizer.learning_rate = rate * factor
 
     def on_epoch_begin(self, epoch, logs=None):
-        for optimizer, rate in zip(model_optimizers(self.model), self.initial_rates):
-            optimizer.learning_rate = rate * self.decay**epoch
+        self.epoch = epoch
+        self._set(self.factor(epoch))
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.schedule == "cosine":
+            self._set(self.factor(self.epoch, batch))
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
@@ -203,6 +314,89 @@ class WeightsSnapshot(keras.callbacks.Callback):
         self.progress_path.write_text(json.dumps(progress))
 
 
+def improves(value, best, mode):
+    """Whether ``value`` is strictly better than ``best`` ("max" or "min"):
+    ties keep the earlier epoch; NaN never improves."""
+    return value > best if mode == "max" else value < best
+
+
+def read_best(run_dir):
+    """``best.json`` of a run directory, or None if no epoch was selected yet."""
+    path = Path(run_dir) / BEST_RECORD
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def stop_reason(config, best, epochs_done):
+    """Why a validation run should stop after ``epochs_done`` epochs (a
+    sentence for metrics.json), or None to go on. Computed from ``best.json``
+    alone, so that a restarted run stops where the killed one would have."""
+    if best is None:
+        return None
+    metric, value, epoch = best["metric"], best["value"], best["epoch"]
+    if config.stop_at is not None and (
+        value == config.stop_at or improves(value, config.stop_at, config.selection_mode)
+    ):
+        bound = ">=" if config.selection_mode == "max" else "<="
+        return f"stop_at: {metric} = {value:.6g} {bound} {config.stop_at} at epoch {epoch}"
+    patience = config.early_stopping_patience
+    if patience is not None and epochs_done - epoch >= patience:
+        return (f"early stopping: {metric} did not improve in the {epochs_done - epoch} epochs "
+                f"after epoch {epoch} (patience {patience})")
+    return None
+
+
+def _write_json_atomically(path, record):
+    # A reader (ship_weights, a restart) never sees a half-written file.
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(record, indent=2))
+    os.replace(temporary, path)
+
+
+class BestWeights(keras.callbacks.Callback):
+    """Model selection on the validation split, surviving restarts.
+
+    After every epoch whose ``selection_metric`` improves on the best so far
+    (read from ``best.json`` at start, so a restart keeps it):
+    ``best.weights.npz`` (float16, like the snapshot) and then ``best.json``,
+    which holds the weights file's SHA-256 so that a reader can tell a
+    matching pair. Then stops training once ``stop_reason`` says so.
+    """
+
+    def __init__(self, run_dir, config):
+        super().__init__()
+        self.weights_path = Path(run_dir) / BEST_WEIGHTS
+        self.record_path = Path(run_dir) / BEST_RECORD
+        self.config = config
+        self.best = read_best(run_dir)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        metric = self.config.selection_metric
+        if metric not in logs:
+            available = sorted(name for name in logs if name.startswith("val_"))
+            raise ValueError(
+                f"selection_metric '{metric}' is not logged for {self.config.model}; "
+                f"its validation metrics are {available}."
+            )
+        value = float(logs[metric])
+        if self.best is None or improves(value, self.best["value"], self.config.selection_mode):
+            # save_weights writes a temporary file and renames it: atomic.
+            weights_io.save_weights(self.model, self.weights_path, dtype="float16")
+            self.best = {
+                "epoch": epoch + 1,
+                "metric": metric,
+                "value": value,
+                "mode": self.config.selection_mode,
+                "validation": {name[len("val_"):]: float(v) for name, v in logs.items()
+                               if name.startswith("val_")},
+                "validation_size": self.config.validation_size,
+                "weights_sha256": hashlib.sha256(self.weights_path.read_bytes()).hexdigest(),
+            }
+            _write_json_atomically(self.record_path, self.best)
+        if stop_reason(self.config, self.best, epoch + 1):
+            self.model.stop_training = True
+
+
 def machine_description():
     """E.g. 'x86_64, 2 CPU cores, no GPU': recorded with every measurement."""
     gpus = tf.config.list_physical_devices("GPU")
@@ -217,12 +411,39 @@ def _epochs_done(run_dir, config):
     return config.initial_epoch
 
 
+def _check_same_selection(run_dir, config):
+    """A restarted run must train on the images and select by the metric it
+    started with: switching would mix two experiments in one run."""
+    previous_path = run_dir / "config.json"
+    if (run_dir / "progress.json").is_file() and previous_path.is_file():
+        previous = json.loads(previous_path.read_text())
+        # Runs from before validation splits have neither key.
+        names = ("validation", "validation_size") if config.validation else ("validation",)
+        for name in names:
+            before = previous.get(name, getattr(TrainConfig, name))
+            if before != getattr(config, name):
+                raise ValueError(
+                    f"'{run_dir}' was trained with {name}={before!r}; resume it with the same "
+                    f"setting (got {name}={getattr(config, name)!r}), or use a new --output-dir."
+                )
+    best = read_best(run_dir)
+    selection = (config.selection_metric, config.selection_mode)
+    if best is not None and (best["metric"], best["mode"]) != selection:
+        raise ValueError(
+            f"'{run_dir}' selects epochs by {best['metric']} ({best['mode']}) (its {BEST_RECORD}); "
+            f"resume it with the same selection, not {config.selection_metric} ({config.selection_mode})."
+        )
+
+
 def train(config, callbacks=()):
-    """Train (or resume) one run; return the final test metrics dict.
+    """Train (or resume) one run; return the metrics dict of metrics.json.
 
     A run killed part way resumes from its last finished epoch when called
     again with the same ``output_dir``. Extra Keras ``callbacks`` are added
     to the recipe's own. The global dtype policy is restored afterwards.
+    Without validation, ``"test"`` holds the final test metrics; with it,
+    ``"validation"`` holds the selected epoch's validation metrics and the
+    test split is not evaluated.
     """
     config.validate()
     run_dir = Path(config.output_dir)
@@ -236,6 +457,7 @@ def train(config, callbacks=()):
             "Use a new --output-dir; to train on from this run, pass --init-weights "
             f"{run_dir / 'snapshot.weights.npz'} --initial-epoch <epochs done>."
         )
+    _check_same_selection(run_dir, config)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
     # A restart must not replay the first epochs' shuffles and shifts.
@@ -264,20 +486,44 @@ def _fit(model, strategy, config, run_dir, seed, callbacks):
         # Equal shares for every replica; a single replica keeps every image.
         drop_remainder=strategy.num_replicas_in_sync > 1,
         binarize=config.binarize,
+        holdout_validation=config.validation,
+        validation_size=config.validation_size,
     )
-    test_data = data.load(
-        config.dataset,
-        "test",
-        batch_size=256,
-        limit=config.test_limit,
-        binarize="fixed" if config.binarize else None,
-    )
+    # Keras' val_* columns: the validation split, or (without one, as the
+    # shipped runs were trained) the test split. The Bernoulli VAEs are
+    # evaluated on a fixed binarization either way.
+    binarize = "fixed" if config.binarize else None
+    if config.validation:
+        val_data = data.load(config.dataset, "validation", batch_size=256, binarize=binarize,
+                             validation_size=config.validation_size)
+    else:
+        val_data = data.load(config.dataset, "test", batch_size=256, limit=config.test_limit,
+                             binarize=binarize)
+
+    steps_per_epoch = config.steps_per_epoch or math.ceil(
+        data.num_examples(config.dataset, "train", config.train_limit,
+                          holdout_validation=config.validation,
+                          validation_size=config.validation_size) / config.batch_size)
+    selecting = config.validation and config.selection_metric is not None
+    best_weights = BestWeights(run_dir, config) if selecting else None
+    epochs = config.epochs
+    if selecting:
+        done = _epochs_done(run_dir, config)
+        if stop_reason(config, best_weights.best, done):
+            # Killed after it decided to stop: fit only restores the backup
+            # (no epoch to run), and the run finishes as it would have.
+            epochs = done
 
     callbacks = [
         *callbacks,
+        # First, so that a kill just after the backup of an epoch cannot
+        # lose that epoch's improvement.
+        *([best_weights] if selecting else []),
         keras.callbacks.BackupAndRestore(str(run_dir / "backup"), save_freq="epoch"),
         # zip() pairs the rates with the model's optimizers: one, or a GAN's two.
-        LearningRateDecay(learning_rates(config), config.learning_rate_decay),
+        LearningRateDecay(learning_rates(config), config.learning_rate_decay,
+                          schedule=config.learning_rate_schedule, warmup_epochs=config.warmup_epochs,
+                          total_epochs=config.epochs, steps_per_epoch=steps_per_epoch),
         keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True),
         WeightsSnapshot(run_dir),
     ]
@@ -286,31 +532,67 @@ def _fit(model, strategy, config, run_dir, seed, callbacks):
     started = time.time()
     history = model.fit(
         train_data,
-        epochs=config.epochs,
+        epochs=epochs,
         steps_per_epoch=config.steps_per_epoch,
         initial_epoch=config.initial_epoch,
-        validation_data=test_data,
+        validation_data=val_data,
         shuffle=False,  # the dataset shuffles itself
         callbacks=callbacks,
         verbose=config.verbose,
     )
     wall_seconds = time.time() - started
     weights_io.save_weights(model, run_dir / "final.weights.npz", dtype="float16")
-    test_metrics = model.evaluate(test_data, return_dict=True, verbose=0)
     metrics = {
         "model": config.model,
         "dataset": config.dataset,
         "epochs": config.epochs,
-        "test": {k: float(v) for k, v in test_metrics.items()},
+    }
+    if config.validation:
+        metrics.update(_validation_results(model, val_data, config, run_dir, best_weights))
+    else:
+        test_metrics = model.evaluate(val_data, return_dict=True, verbose=0)
+        metrics["test"] = {k: float(v) for k, v in test_metrics.items()}
+    metrics.update({
         "history": {k: [float(x) for x in v] for k, v in history.history.items()},
         "wall_seconds_this_process": round(wall_seconds, 1),
         "precision": config.precision,
         "strategy": config.strategy,
         "replicas": strategy.num_replicas_in_sync,
         "machine": machine_description(),
-    }
+    })
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def _validation_results(model, val_data, config, run_dir, best_weights):
+    """metrics.json's entries for a validation run: the shipped epoch's
+    validation metrics, and no test metrics (the test split is seen once,
+    by ship_weights)."""
+    epochs_done = _epochs_done(run_dir, config)
+    results = {
+        "test": "not evaluated; run ship_weights",
+        "training_images": data.num_examples(config.dataset, "train", config.train_limit,
+                                             holdout_validation=True,
+                                             validation_size=config.validation_size),
+        "validation_images": config.validation_size,
+        "epochs_completed": epochs_done,
+    }
+    if best_weights is None:
+        # No selection: the last epoch ships; these are its metrics.
+        last = model.evaluate(val_data, return_dict=True, verbose=0)
+        return {**results, "selected_on": "last epoch (no selection metric)",
+                "selected_epoch": epochs_done,
+                "validation": {k: float(v) for k, v in last.items()}}
+    best = best_weights.best
+    return {
+        **results,
+        "selected_on": f"validation: {best['metric']} ({best['mode']})",
+        "selected_epoch": best["epoch"],
+        "validation": best["validation"],
+        # Recomputed rather than kept from the callback: a restarted run that
+        # had already decided to stop runs no epoch.
+        "stopped_early": stop_reason(config, best, epochs_done),
+    }
 
 
 # -- the command line every training recipe shares -----------------------------
@@ -335,6 +617,9 @@ def recipe_argument_parser(description, defaults):
     parser.add_argument("--learning-rate", type=float)
     parser.add_argument("--learning-rate-decay", type=float,
                         help="factor per epoch")
+    parser.add_argument("--learning-rate-schedule", choices=LEARNING_RATE_SCHEDULES,
+                        help="exponential: x decay per epoch; cosine: warm-up, then to 0 at --epochs")
+    parser.add_argument("--warmup-epochs", type=float, help="cosine: linear warm-up (epochs)")
     parser.add_argument("--clip-norm", type=float,
                         help="clip the global gradient norm to this")
     parser.add_argument("--adam-beta-1", type=float, help="Adam's beta_1")
@@ -348,6 +633,20 @@ def recipe_argument_parser(description, defaults):
                         help="split the CPU into N logical devices (for --strategy mirrored)")
     parser.add_argument("--verbose", type=int,
                         help="1: progress bar; 2: one line per epoch (for logs written to a file)")
+    selection = (f"ship the epoch of the best {defaults.selection_metric} "
+                 f"({defaults.selection_mode}) on them" if defaults.selection_metric
+                 else "log on them (the last epoch ships)")
+    parser.add_argument(
+        "--validation", action="store_true",
+        help=f"hold out the last {data.VALIDATION_SIZE:,} training images: train on the rest, "
+             f"{selection}, never touch the test split (ship_weights evaluates it once)")
+    parser.add_argument("--validation-size", type=int,
+                        help="with --validation: the held-out images (tests on tiny datasets)")
+    parser.add_argument("--early-stopping-patience", type=int,
+                        help="with --validation: stop after this many epochs without improvement")
+    parser.add_argument("--stop-at", type=float,
+                        help="with --validation: stop once the selection metric reaches this "
+                             "(e.g. 0.995 val_accuracy)")
     # Every TrainConfig field, flags or not, defaults to the recipe's value.
     parser.set_defaults(
         **{field.name: getattr(defaults, field.name) for field in dataclasses.fields(TrainConfig)}
@@ -356,7 +655,8 @@ def recipe_argument_parser(description, defaults):
 
 
 def run_recipe(args, model_overrides=None):
-    """Train the TrainConfig that parsed ``args`` give; print the test metrics."""
+    """Train the TrainConfig that parsed ``args`` give; print the test metrics
+    (with --validation: the selected epoch's validation metrics)."""
     if args.logical_cpus:
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
@@ -367,5 +667,5 @@ def run_recipe(args, model_overrides=None):
     if model_overrides:
         config.model_overrides = {**config.model_overrides, **model_overrides}
     metrics = train(config)
-    print(json.dumps(metrics["test"], indent=2))
+    print(json.dumps(metrics["validation"] if config.validation else metrics["test"], indent=2))
     return metrics

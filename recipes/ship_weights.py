@@ -4,8 +4,22 @@
         --command "python recipes/train_capsnet.py --model deep_capsnet ..." \
         [--wall-hours 5.2]
 
-Takes ``final.weights.npz`` if the run finished, else its latest
-``snapshot.weights.npz``, and copies the run's ``log.csv`` beside it. Stores
+Which epoch ships was fixed when the run was trained, never here:
+
+- a run trained with ``--validation`` (and a selection metric) ships
+  ``best.weights.npz``, the epoch chosen on the validation split (the last
+  5,000 training images); the test split, untouched by its training, is
+  evaluated once, on those weights as shipped. Without ``best.weights.npz``
+  / ``best.json`` it refuses to ship;
+- any other run ships its last epoch: ``final.weights.npz`` if the run
+  finished, else its latest ``snapshot.weights.npz``. Without a validation
+  split its training logged the test split, and the metadata says so.
+
+The metadata says which: ``selected_on``, ``selected_epoch`` and, for a
+validation run, the selection metric and every validation metric of that
+epoch. ``--select`` can only state that rule (``validation`` or ``last``); a request
+for another one, above all ``--select test``, is refused with nothing
+written. The run's ``log.csv`` is copied beside the weights. Stores
 float16, then measures every metric of ``model.evaluate`` with the float16
 weights as they will be loaded: on the full test split and, for MNIST, on the
 shipped 1,000-image sample (``tests/test_pretrained.py`` checks the latter).
@@ -21,6 +35,7 @@ training images (``<tag>.nearest_neighbours.png``).
 import argparse
 import csv
 import datetime
+import hashlib
 import io
 import json
 import tempfile
@@ -32,19 +47,105 @@ import tensorflow as tf
 
 import caps_zoo
 from caps_zoo import data, metrics, plots, registry
-from caps_zoo.training import machine_description
+from caps_zoo.training import BEST_RECORD, BEST_WEIGHTS, machine_description
 
-def describe_samples(model, dataset, folder, tag, frechet_samples):
-    """Frechet distance of the model's samples, and its sample and neighbour figures."""
+SELECTION_RULES = ("validation", "last")
+# How long to wait for a running run to finish writing an epoch's files.
+READ_TIMEOUT_SECONDS = 120
+
+
+def describe_samples(model, dataset, folder, tag, frechet_samples, train_images):
+    """Frechet distance of the model's samples, and its sample and neighbour
+    figures (neighbours among ``train_images``, the images it trained on)."""
     frechet = metrics.sample_frechet_report(model, dataset, frechet_samples)
     samples = metrics.draw_samples(model, 100, seed=1)
     plots.image_grid(samples, folder / f"{tag}.samples.png", title=f"{model.name}: samples")
     plots.drawing_strip(model.sample(8, seed=2), folder / f"{tag}.drawing.png")
-    train_images = data.load_images(dataset, "train")
     indices, distances = metrics.nearest_neighbours(samples[:8], train_images, k=3)
     plots.nearest_neighbour_grid(samples[:8], train_images, indices, distances,
                                  folder / f"{tag}.nearest_neighbours.png")
     return frechet
+
+
+def selection_rule(config):
+    """``"validation"`` if the run chose its epoch on a validation split while
+    it trained, else ``"last"``: the rule is the run's, not the shipper's."""
+    return "validation" if config.get("validation") and config.get("selection_metric") else "last"
+
+
+def check_select(parser, requested, rule, config):
+    """Refuse any ``--select`` but the run's own rule (see the module's docstring)."""
+    if requested is None or requested == rule:
+        return
+    if requested == "test":
+        parser.error(
+            "refusing --select test: the shipped epoch is never chosen on the test split, which "
+            "this recipe evaluates once, on the weights it ships. Train with --validation to "
+            "choose an epoch on held-out training images."
+        )
+    if requested not in SELECTION_RULES:
+        parser.error(f"--select must be one of {SELECTION_RULES} (the run's own rule), got '{requested}'.")
+    if rule == "validation":
+        parser.error(
+            f"refusing --select {requested}: this run chose its epoch on the validation split "
+            f"({config['selection_metric']}, {config['selection_mode']}) while it trained; it "
+            f"ships that epoch ({BEST_WEIGHTS}), a rule fixed before the test split is seen."
+        )
+    reason = ("it was trained without --validation (its val_* columns are the test split)"
+              if not config.get("validation") else "it selects on no metric")
+    parser.error(f"refusing --select {requested}: {reason}; it ships its last epoch (--select last).")
+
+
+def _wait(started, what):
+    if time.time() - started > READ_TIMEOUT_SECONDS:
+        raise RuntimeError(f"{what} after {READ_TIMEOUT_SECONDS} s: is the run directory complete?")
+    time.sleep(1)
+
+
+def read_last_epoch(run_dir, finished):
+    """``(weights bytes, log text)`` of the run's last epoch: final or snapshot.
+
+    A running run appends to the log, then rewrites the snapshot, at every
+    epoch's end: read both until they describe the same epoch.
+    """
+    weights = run_dir / ("final.weights.npz" if finished else "snapshot.weights.npz")
+    log_path = run_dir / "log.csv"
+    while True:
+        log_text, log_mtime = log_path.read_text(), log_path.stat().st_mtime
+        weights_mtime = weights.stat().st_mtime
+        model_weights = weights.read_bytes()
+        unchanged = log_path.read_text() == log_text and weights.stat().st_mtime == weights_mtime
+        if unchanged and weights_mtime >= log_mtime:
+            return model_weights, log_text
+        time.sleep(1)
+
+
+def read_selected_epoch(parser, run_dir):
+    """``(weights bytes, best.json record, log text)`` of the epoch the run
+    chose on validation; refuses a run that chose none.
+
+    The run writes best.weights.npz, then best.json with the weights' SHA-256,
+    then the epoch's log row: read until the three agree.
+    """
+    missing = [name for name in (BEST_WEIGHTS, BEST_RECORD) if not (run_dir / name).is_file()]
+    if missing:
+        parser.error(
+            f"refusing to ship '{run_dir}': it was trained with --validation, but has no "
+            f"{' or '.join(missing)}, so no epoch was chosen on its validation split (they are "
+            "written after its first epoch). No other epoch ships from a validation run."
+        )
+    started = time.time()
+    while True:
+        best = json.loads((run_dir / BEST_RECORD).read_text())
+        model_weights = (run_dir / BEST_WEIGHTS).read_bytes()
+        if hashlib.sha256(model_weights).hexdigest() != best["weights_sha256"]:
+            _wait(started, f"{BEST_WEIGHTS} does not match {BEST_RECORD}")
+            continue
+        log_text = (run_dir / "log.csv").read_text()
+        epochs = [int(row["epoch"]) + 1 for row in csv.DictReader(io.StringIO(log_text))]
+        if best["epoch"] in epochs:
+            return model_weights, best, log_text
+        _wait(started, f"log.csv has no row for epoch {best['epoch']}, which {BEST_RECORD} selects")
 
 
 def main(argv=None):
@@ -60,23 +161,22 @@ def main(argv=None):
     parser.add_argument("--notes", default="", help="e.g. how the machine was shared")
     parser.add_argument("--status", help="e.g. why a run was stopped early; default: finished, "
                                          "or in training with the epochs done")
+    parser.add_argument("--select", help="how the shipped epoch was chosen: 'validation' or 'last'; "
+                                         "default and only choice: the run's own rule (see above)")
     args = parser.parse_args(argv)
 
     run_dir = Path(args.run_dir)
     config = json.loads((run_dir / "config.json").read_text())
+    rule = selection_rule(config)
+    check_select(parser, args.select, rule, config)
     finished = (run_dir / "final.weights.npz").is_file()
-    weights = run_dir / ("final.weights.npz" if finished else "snapshot.weights.npz")
-    # A running run appends to the log, then rewrites the snapshot, at every
-    # epoch's end: read both until they describe the same epoch.
-    log_path = run_dir / "log.csv"
-    while True:
-        log_text, log_mtime = log_path.read_text(), log_path.stat().st_mtime
-        weights_mtime = weights.stat().st_mtime
-        model_weights = weights.read_bytes()
-        unchanged = log_path.read_text() == log_text and weights.stat().st_mtime == weights_mtime
-        if unchanged and weights_mtime >= log_mtime:
-            break
-        time.sleep(1)
+    best = None
+    if rule == "validation":
+        model_weights, best, log_text = read_selected_epoch(parser, run_dir)
+        weights_name = BEST_WEIGHTS
+    else:
+        model_weights, log_text = read_last_epoch(run_dir, finished)
+        weights_name = "final.weights.npz" if finished else "snapshot.weights.npz"
     log = list(csv.DictReader(io.StringIO(log_text)))
     epochs_completed = int(log[-1]["epoch"]) + 1
 
@@ -92,7 +192,7 @@ def main(argv=None):
     if config.get("routing_iterations"):
         overrides["routing_iterations"] = list(config["routing_iterations"])
     with tempfile.TemporaryDirectory() as scratch:
-        copy = Path(scratch) / weights.name
+        copy = Path(scratch) / weights_name
         copy.write_bytes(model_weights)
         model = caps_zoo.load(config["model"], weights=str(copy), **overrides)
     # Store float16 first, then measure what users will actually load.
@@ -100,17 +200,25 @@ def main(argv=None):
     model = caps_zoo.load(config["model"], weights=args.tag, **overrides)
     # The Bernoulli VAEs are measured on the fixed binarization (see caps_zoo.data).
     binarize = "fixed" if config.get("binarize") else None
+    # The one look at the test split for a validation run (the 1,000-image
+    # sample below is part of it, and checks that loading reproduces it).
     test = model.evaluate(data.load(config["dataset"], "test", batch_size=250, binarize=binarize),
                           return_dict=True, verbose=1)
     sample = {}
     if config["dataset"] == "mnist":
         sample = model.evaluate(data.load("mnist_sample", "test", batch_size=250, binarize=binarize),
                                 return_dict=True, verbose=0)
+    # The images the run trained on: without the validation split if it held one out.
+    validation = bool(config.get("validation"))
+    validation_size = config.get("validation_size", data.VALIDATION_SIZE)
+    training_split = {"holdout_validation": validation, "validation_size": validation_size}
     frechet = {}
     if hasattr(model, "sample") and args.frechet_samples > 0:
-        frechet = {"frechet": describe_samples(model, config["dataset"], weights_path.parent, args.tag,
-                                               args.frechet_samples)}
-    train_count = data.num_examples(config["dataset"], "train", config.get("train_limit"))
+        frechet = {"frechet": describe_samples(
+            model, config["dataset"], weights_path.parent, args.tag, args.frechet_samples,
+            data.load_images(config["dataset"], "train", **training_split))}
+    train_count = data.num_examples(config["dataset"], "train", config.get("train_limit"),
+                                    **training_split)
     test_count = data.num_examples(config["dataset"], "test")  # all of it, as evaluated above
     steps = config.get("steps_per_epoch")
     augmentation = []
@@ -121,21 +229,59 @@ def main(argv=None):
                             if config["binarize"] == "stochastic" else f"binarized '{config['binarize']}'")
     if steps:
         augmentation.append(f"{steps} steps of {config['batch_size']} per epoch")
-    test_split = f"{test_count:,} test images" + (
-        f" binarized '{binarize}' (caps_zoo.data, seed {data.FIXED_BINARIZATION_SEED})" if binarize else "")
-    val_columns = [c for c in ("val_accuracy", "val_loss") if c in log[0]]
+    binarized = (f" binarized '{binarize}' (caps_zoo.data, seed {data.FIXED_BINARIZATION_SEED})"
+                 if binarize else "")
+    test_split = f"{test_count:,} test images" + binarized
+    validation_split = (f", epoch chosen on {validation_size:,} validation images (the last "
+                        f"{validation_size:,} training images{binarized})" if best else "")
     best_in_log = {}
-    if "val_accuracy" in val_columns:
-        best_in_log["best_val_accuracy_in_log"] = max(float(row["val_accuracy"]) for row in log)
-    elif "val_loss" in val_columns:
-        best_in_log["best_val_loss_in_log"] = min(float(row["val_loss"]) for row in log)
+    if not validation:
+        # Without a validation split the log's val_* are the test split: the
+        # best of them is a figure selected on the test set, labelled as such.
+        val_columns = [c for c in ("val_accuracy", "val_loss") if c in log[0]]
+        if "val_accuracy" in val_columns:
+            best_in_log["best_val_accuracy_in_log"] = max(float(row["val_accuracy"]) for row in log)
+        elif "val_loss" in val_columns:
+            best_in_log["best_val_loss_in_log"] = min(float(row["val_loss"]) for row in log)
+    if best:
+        selection = {
+            "selected_on": f"validation (last {validation_size:,} training images)",
+            "selected_epoch": best["epoch"],
+            "selection_metric": best["metric"],
+            "selection_mode": best["mode"],
+            # Every metric of the validation split at that epoch (the training log's val_*).
+            **{f"validation_{name}": value for name, value in best["validation"].items()},
+        }
+    elif validation:
+        selection = {
+            "selected_on": f"last epoch (no selection metric; the last {validation_size:,} training "
+                           "images were held out, the test split not seen during training)",
+            "selected_epoch": epochs_completed,
+        }
+    else:
+        selection = {
+            "selected_on": "last epoch (no validation split; test split seen during training)",
+            "selected_epoch": epochs_completed,
+        }
+    stopped_early = None
+    if finished and (run_dir / "metrics.json").is_file():
+        stopped_early = json.loads((run_dir / "metrics.json").read_text()).get("stopped_early")
+    if finished:
+        status = f"finished ({stopped_early})" if stopped_early else "finished"
+    elif best:
+        status = (f"in training: after epoch {epochs_completed} of {config['epochs']}; "
+                  f"ships epoch {best['epoch']}, the best on validation so far")
+    else:
+        status = f"in training: snapshot after epoch {epochs_completed} of {config['epochs']}"
     metadata = {
-        "status": args.status or ("finished" if finished else
-                                  f"in training: snapshot after epoch {epochs_completed} of {config['epochs']}"),
+        "status": args.status or status,
         "recipe_command": args.command,
         "data": f"{config['dataset']}: {train_count:,} training images"
                 + (f" ({'; '.join(augmentation)})" if augmentation else "")
+                + validation_split
                 + f", evaluated on {test_split}",
+        **selection,
+        "training_images": train_count,
         "model_overrides": overrides,
         "epochs_planned": config["epochs"],
         "epochs_completed": epochs_completed,

@@ -8,13 +8,25 @@ machine without the run directory, continue from committed weights:
 
     python recipes/train_capsnet.py --model deep_capsnet ... \
         --init-weights saved_models/deep_capsnet/mnist.weights.npz --initial-epoch 7
+
+With ``--validation`` the run trains on the first 55,000 training images,
+keeps the epoch of the highest validation accuracy (the last 5,000) in
+``best.weights.npz`` for ``ship_weights.py``, and never evaluates the test
+split; ``--early-stopping-patience N`` and ``--stop-at 0.995`` stop on the
+same validation accuracy:
+
+    python recipes/train_capsnet.py --model capsnet --validation --stop-at 0.995 ...
 """
 
 from caps_zoo.training import TrainConfig, recipe_argument_parser, run_recipe
 
+# TrainConfig's defaults are CapsNet's; with --validation, the shipped epoch
+# is the one of the highest validation accuracy.
+DEFAULTS = TrainConfig(selection_metric="val_accuracy", selection_mode="max")
+
 
 def parse_args(argv=None):
-    parser = recipe_argument_parser(__doc__.splitlines()[0], TrainConfig())
+    parser = recipe_argument_parser(__doc__.splitlines()[0], DEFAULTS)
     parser.add_argument(
         "--routing-iterations",
         type=int,

@@ -9,6 +9,11 @@ bound (Lx + Lz, nats per image) is measured on one fixed binarization of the
 to resume; ``--init-weights`` and ``--initial-epoch`` continue on a machine
 without the run directory. The final test metrics go to
 ``<output-dir>/metrics.json``.
+
+With ``--validation`` the run trains on the first 55,000 training images and
+keeps the epoch of the lowest validation bound (``val_loss`` = Lx + Lz on
+the fixed binarization of the last 5,000) in ``best.weights.npz`` for
+``ship_weights.py``; the test split is not evaluated until it ships.
 """
 
 from caps_zoo.training import TrainConfig, recipe_argument_parser, run_recipe
@@ -23,6 +28,8 @@ DEFAULTS = TrainConfig(
     clip_norm=5.0,
     shift_pixels=0,
     binarize="stochastic",
+    selection_metric="val_loss",  # the negative lower bound, nats per image: lower is better
+    selection_mode="min",
     verbose=1,
 )
 

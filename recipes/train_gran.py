@@ -11,6 +11,12 @@ holds the test metrics and a Frechet distance between generated images and
 the test split, on the features of the zoo's classifier pretrained on the
 same dataset (``caps_zoo.metrics.frechet_classifier_distance``; not
 Inception FID). Run the same command again to resume.
+
+``--validation`` trains on the first 55,000 training images and logs D's
+metrics on the last 5,000 instead of the test split. There is no selection
+of an epoch (D's and G's losses do not rank generators): the last epoch
+ships, and the end-of-training Frechet distance, measured against the test
+split, is left to ``ship_weights.py``, so that the test split is seen once.
 """
 
 import json
@@ -31,6 +37,7 @@ DEFAULTS = TrainConfig(
     learning_rate_decay=1.0,
     shift_pixels=0,
     sample_grids=True,
+    selection_metric=None,  # no metric-based selection: the last epoch ships
     verbose=1,
 )
 
@@ -73,7 +80,9 @@ def main(argv=None):
     args = parse_args(argv)
     overrides = model_overrides(args)
     results = run_recipe(args, overrides)
-    if args.frechet_samples:
+    # The distance is to the test split: a validation run leaves it to
+    # ship_weights.py, which measures the shipped weights once.
+    if args.frechet_samples and not args.validation:
         results = add_frechet_distance(args.output_dir, args.frechet_samples)
     return results
 

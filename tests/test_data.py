@@ -1,3 +1,7 @@
+import hashlib
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -64,8 +68,12 @@ def test_shipped_sample_is_real_mnist_test_data():
 def test_unknown_dataset_and_split():
     with pytest.raises(ValueError, match="Unknown dataset 'cifar10'"):
         data.load("cifar10")
-    with pytest.raises(ValueError, match="Unknown split 'validation'"):
-        data.load("mnist", "validation")
+    with pytest.raises(ValueError, match="Unknown split 'valid'; choose one of train, validation, test"):
+        data.load("mnist", "valid")
+    with pytest.raises(ValueError, match="only the 'test' split"):
+        data.load_arrays("mnist_sample", "validation")
+    with pytest.raises(ValueError, match="applies to the 'train' split"):
+        data.load_arrays("mnist", "test", holdout_validation=True)
 
 
 def test_training_shifts_are_translations_of_up_to_two_pixels():
@@ -120,3 +128,100 @@ def test_train_split_shuffles_and_limit():
     _, labels = next(iter(ds))
     assert sorted(labels.numpy().tolist()) == sorted(data.load_arrays("mnist_sample", "test")[1][:100].tolist())
     assert labels.numpy().tolist() != data.load_arrays("mnist_sample", "test")[1][:100].tolist()
+
+
+def _hashes(images):
+    return {hashlib.sha256(image.tobytes()).hexdigest() for image in images}
+
+
+def _write_indexed_npz(folder, train_count, test_count=10):
+    """Training images that encode their index (all distinct), so that
+    overlaps between splits show up as shared images."""
+    index = np.arange(train_count)
+    x_train = np.zeros((train_count, 28, 28), np.uint8)
+    x_train[:, 0, 0], x_train[:, 0, 1], x_train[:, 0, 2] = index % 256, index // 256 % 256, 1
+    y_train = (index % 10).astype(np.uint8)
+    x_test = np.full((test_count, 28, 28), 7, np.uint8)
+    np.savez(folder / "mnist.npz", x_train=x_train, y_train=y_train, x_test=x_test,
+             y_test=np.zeros(test_count, np.uint8))
+    return x_train, y_train
+
+
+def test_validation_split_is_the_last_5000_training_images(tmp_path, monkeypatch):
+    x_train, y_train = _write_indexed_npz(tmp_path, 6000)
+    monkeypatch.setenv(data.DATA_ENV, str(tmp_path))
+    assert data.VALIDATION_SIZE == 5000
+    images, labels = data.load_arrays("mnist", "validation")
+    np.testing.assert_array_equal(images, x_train[-5000:])
+    np.testing.assert_array_equal(labels, y_train[-5000:])
+    kept, kept_labels = data.load_arrays("mnist", "train", holdout_validation=True)
+    np.testing.assert_array_equal(kept, x_train[:1000])
+    np.testing.assert_array_equal(kept_labels, y_train[:1000])
+    assert not _hashes(kept) & _hashes(images) and len(_hashes(kept) | _hashes(images)) == 6000
+    # Without holdout_validation the training split stays whole (the shipped runs' data).
+    np.testing.assert_array_equal(data.load_arrays("mnist", "train")[0], x_train)
+    assert data.num_examples("mnist", "train") == 6000
+    assert data.num_examples("mnist", "train", holdout_validation=True) == 1000
+    assert data.num_examples("mnist", "train", limit=300, holdout_validation=True) == 300
+    assert data.num_examples("mnist", "validation") == 5000
+    assert data.load_images("mnist", "train", holdout_validation=True).shape == (1000, 28, 28, 1)
+    # A smaller validation split: the last N, still disjoint.
+    small, _ = data.load_arrays("mnist", "validation", validation_size=64)
+    np.testing.assert_array_equal(small, x_train[-64:])
+    assert len(data.load_arrays("mnist", "train", holdout_validation=True, validation_size=64)[0]) == 5936
+
+
+def _real_mnist_folder():
+    """$CAPS_ZOO_DATA, else the shared offline copy beside the project (CI's)."""
+    candidates = [os.environ.get(data.DATA_ENV), Path(__file__).resolve().parents[2] / "shared" / "data"]
+    for folder in candidates:
+        if folder and (Path(folder) / "mnist.npz").is_file():
+            return folder
+    pytest.skip("no local mnist.npz (set CAPS_ZOO_DATA)")
+
+
+def test_real_mnist_validation_is_disjoint_from_the_55000_training_images(monkeypatch):
+    monkeypatch.setenv(data.DATA_ENV, str(_real_mnist_folder()))
+    everything, _ = data.load_arrays("mnist", "train")
+    assert len(everything) == 60_000
+    validation, _ = data.load_arrays("mnist", "validation")
+    training, _ = data.load_arrays("mnist", "train", holdout_validation=True)
+    assert len(validation) == 5000 and len(training) == 55_000
+    np.testing.assert_array_equal(validation, everything[55_000:])
+    np.testing.assert_array_equal(training, everything[:55_000])
+    assert not _hashes(training) & _hashes(validation)  # no image in both, even duplicated
+
+
+def test_validation_split_behaves_like_test(tmp_path, monkeypatch):
+    arrays = _write_fake_npz(tmp_path)  # 50 training images
+    monkeypatch.setenv(data.DATA_ENV, str(tmp_path))
+    images, labels = next(iter(data.load("mnist", "validation", batch_size=100, validation_size=20, seed=0)))
+    # Unshuffled and unshifted by default.
+    np.testing.assert_allclose(images[..., 0], arrays["x_train"][-20:] / 255.0, atol=1e-7)
+    np.testing.assert_array_equal(labels, arrays["y_train"][-20:])
+    # The fixed binarization is one repeatable draw, on every call.
+    def fixed():
+        return next(iter(data.load("mnist", "validation", batch_size=100, validation_size=20,
+                                   binarize="fixed")))[0].numpy()
+    first, again = fixed(), fixed()
+    np.testing.assert_array_equal(first, again)
+    assert set(np.unique(first)) == {0.0, 1.0}
+    np.testing.assert_array_equal(first, data.binarize_fixed(data.as_float_images(arrays["x_train"][-20:])))
+    # The held-out training split is shuffled and shifted as "train" is.
+    train_images, train_labels = next(iter(data.load("mnist", "train", batch_size=100, seed=0,
+                                                     holdout_validation=True, validation_size=20)))
+    assert sorted(train_labels.numpy().tolist()) == sorted(arrays["y_train"][:30].tolist())
+    assert train_labels.numpy().tolist() != arrays["y_train"][:30].tolist()
+
+
+def test_too_few_training_images_for_a_validation_split(tmp_path, monkeypatch):
+    _write_fake_npz(tmp_path)  # 50 training images
+    monkeypatch.setenv(data.DATA_ENV, str(tmp_path))
+    too_few = "'mnist' has 50 training images: too few for a validation split of 5,000"
+    with pytest.raises(ValueError, match=too_few):
+        data.load("mnist", "validation")
+    with pytest.raises(ValueError, match="too few for a validation split of 50"):
+        data.load_arrays("mnist", "train", holdout_validation=True, validation_size=50)
+    with pytest.raises(ValueError, match="validation_size must be >= 1"):
+        data.load_arrays("mnist", "validation", validation_size=0)
+    assert data.num_examples("mnist", "validation", validation_size=49) == 49

@@ -81,6 +81,7 @@ def test_train_writes_run_dir_and_resumes_after_a_kill(tiny_mnist, kill_at_epoch
     assert [row.split(",")[0] for row in log[1:]] == ["0", "1"]  # epoch 0 not repeated
     assert json.loads((run_dir / "metrics.json").read_text())["test"] == metrics["test"]
     assert 0 <= metrics["test"]["accuracy"] <= 1
+    assert not (run_dir / "best.json").exists()  # no selection without a validation split
     progress = json.loads((run_dir / "progress.json").read_text())
     assert progress["epochs_completed"] == 2 and progress["train_seconds"] > 0
     restored = caps_zoo.load("capsnet", weights=str(run_dir / "snapshot.weights.npz"))
@@ -110,6 +111,9 @@ def test_recipe_cli_mirrored_deep_capsnet(tiny_mnist, tmp_path, monkeypatch, cap
     metadata = caps_zoo.load_metadata("deep_capsnet")
     assert metadata["status"] == "finished" and metadata["epochs_completed"] == 1
     assert metadata["data"].startswith("mnist: 256 training images")
+    # Trained without a validation split: its last epoch ships, and the metadata says how.
+    assert metadata["selected_on"] == "last epoch (no validation split; test split seen during training)"
+    assert metadata["selected_epoch"] == 1 and metadata["training_images"] == 256
     assert metadata["model_overrides"] == {"routing_iterations": [1, 2]}
     shipped_log = tmp_path / "saved_models" / "deep_capsnet" / "mnist.log.csv"
     assert shipped_log.read_text() == (run_dir / "log.csv").read_text()
@@ -151,3 +155,40 @@ def test_bad_config_is_rejected():
         training.TrainConfig(precision="float16").validate()
     with pytest.raises(KeyError, match="Unknown model"):
         training.TrainConfig(model="capsnett").validate()
+
+
+def test_cosine_schedule_warms_up_then_anneals_to_zero_within_the_epochs():
+    decay = training.LearningRateDecay(
+        [2e-3], 0.9, schedule="cosine", warmup_epochs=0.5, total_epochs=3, steps_per_epoch=10
+    )
+    factors = [decay.factor(epoch, batch) for epoch in range(3) for batch in range(10)]
+    assert factors[0] == pytest.approx(0.2)  # 1 / 5 of the warm-up's 5 steps
+    assert factors[4] == pytest.approx(1.0)  # the warm-up's last step reaches the peak
+    assert all(b > a for a, b in zip(factors[:4], factors[1:5]))  # rising
+    assert all(b < a for a, b in zip(factors[5:], factors[6:]))  # then strictly down
+    # Epoch 1, batch 5: 1.5 epochs in, 1.0 of the 2.5 after the warm-up.
+    assert decay.factor(1, 5) == pytest.approx(0.5 * (1 + np.cos(np.pi * 1.0 / 2.5)))
+    assert factors[-1] == pytest.approx(0.5 * (1 + np.cos(np.pi * 2.4 / 2.5)))
+    assert decay.factor(3, 0) == pytest.approx(0.0, abs=1e-12)
+    exponential = training.LearningRateDecay([1e-3], 0.9)
+    assert exponential.factor(2, 7) == pytest.approx(0.81)  # per epoch, not per batch
+
+
+def test_cosine_schedule_sets_every_batch_and_resumes_on_the_same_curve(tiny_mnist, kill_at_epoch, tmp_path):
+    config = training.TrainConfig(
+        model="capsnet", epochs=2, batch_size=64, steps_per_epoch=2, learning_rate=1e-3,
+        learning_rate_schedule="cosine", warmup_epochs=0.5, output_dir=str(tmp_path / "run"),
+        verbose=0,
+    )
+    with pytest.raises(Killed):
+        training.train(config, callbacks=[kill_at_epoch(1)])
+    training.train(config)
+    rows = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
+    schedule = training.LearningRateDecay([1e-3], 0.9, "cosine", 0.5, 2, 2)
+    # Logged: the rate of each epoch's last batch (epoch 1 after the restart).
+    for row, epoch in zip(rows, (0, 1)):
+        assert float(row["learning_rate"]) == pytest.approx(1e-3 * schedule.factor(epoch, 1), rel=1e-5)
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        training.TrainConfig(epochs=2, warmup_epochs=2).validate()
+    with pytest.raises(ValueError, match="learning_rate_schedule"):
+        training.TrainConfig(learning_rate_schedule="linear").validate()

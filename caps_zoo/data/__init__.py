@@ -12,6 +12,22 @@ Where the arrays come from, in order:
 ``mnist_sample`` is 1,000 real MNIST test images shipped inside the package
 (the first 1,000 of the test split), for the demo and fast tests.
 
+Splits (``SPLITS``):
+
+- ``"train"``: all training images (60,000 for MNIST; what the shipped runs
+  before validation splits trained on), or with ``holdout_validation=True``
+  all but the last ``validation_size`` of them (55,000);
+- ``"validation"``: the last ``validation_size`` training images
+  (``VALIDATION_SIZE`` = 5,000 by default), disjoint from the held-out
+  training split: where epochs are chosen and training stops early, so that
+  the test split is looked at once, for the figure that ships;
+- ``"test"``: the test images.
+
+The validation size does not scale with the dataset: a dataset with no more
+than ``validation_size`` training images raises a ``ValueError`` that names
+both sizes (tests on tiny datasets pass a small ``validation_size``).
+``mnist_sample`` has only the test split.
+
 Images come out float32 in [0, 1], shape ``(28, 28, 1)``; labels int32.
 
 Binarized MNIST (for the Bernoulli likelihood of DRAW and DCRW), with
@@ -21,7 +37,8 @@ Binarized MNIST (for the Bernoulli likelihood of DRAW and DCRW), with
   anew every epoch (dynamic binarization; training);
 - ``"fixed"``: one such draw with a fixed seed (``FIXED_BINARIZATION_SEED``),
   the same on every call and machine: the test set on which bounds are
-  reported. This is the procedure of the standard fixed binarization
+  reported, and the validation split on which epochs are chosen (a draw
+  over the split's own images, equally repeatable). This is the procedure of the standard fixed binarization
   (Larochelle & Murray 2011, used by the DRAW paper), but not its draw, which
   is a separate download; numbers are close, not identical.
 - ``"threshold"``: intensity > 0.5 (an easier, deterministic task; not
@@ -42,7 +59,8 @@ _KERAS_LOADERS = {
     "fashion_mnist": lambda: __import__("keras").datasets.fashion_mnist.load_data(),
 }
 DATASETS = tuple(_KERAS_LOADERS) + ("mnist_sample",)
-SPLITS = ("train", "test")
+SPLITS = ("train", "validation", "test")
+VALIDATION_SIZE = 5000  # the last 5,000 training images; MNIST keeps 55,000 to train on
 BINARIZATIONS = ("stochastic", "fixed", "threshold")
 FIXED_BINARIZATION_SEED = 20151104
 
@@ -51,13 +69,34 @@ class DataUnavailableError(RuntimeError):
     """Neither a local copy nor a download of the dataset could be had."""
 
 
-def _check(name, split):
+def _check(name, split, holdout_validation=False):
     if name not in DATASETS:
         raise ValueError(f"Unknown dataset '{name}'; choose one of {', '.join(DATASETS)}.")
     if split not in SPLITS:
         raise ValueError(f"Unknown split '{split}'; choose one of {', '.join(SPLITS)}.")
     if name == "mnist_sample" and split != "test":
         raise ValueError("'mnist_sample' has only the 'test' split (real MNIST test images).")
+    if holdout_validation and split != "train":
+        raise ValueError(
+            f"holdout_validation applies to the 'train' split (it leaves the 'validation' images "
+            f"out of it), not to '{split}'."
+        )
+
+
+def _validation_start(name, train_count, validation_size):
+    """Index of the first validation image: the last ``validation_size`` of
+    ``train_count`` training images, leaving at least one to train on."""
+    if isinstance(validation_size, bool) or not isinstance(validation_size, (int, np.integer)):
+        raise ValueError(f"validation_size must be an integer, got {validation_size!r}.")
+    if validation_size < 1:
+        raise ValueError(f"validation_size must be >= 1, got {validation_size}.")
+    if validation_size >= train_count:
+        raise ValueError(
+            f"'{name}' has {train_count:,} training images: too few for a validation split of "
+            f"{validation_size:,} (the last {validation_size:,} training images) with any left "
+            "to train on. Pass a validation_size below the number of training images."
+        )
+    return train_count - validation_size
 
 
 def _read_npz(path, split):
@@ -65,9 +104,27 @@ def _read_npz(path, split):
         return archive[f"x_{split}"], archive[f"y_{split}"]
 
 
-def load_arrays(name, split):
-    """``(images uint8 (n, 28, 28), labels uint8 (n,))`` of one split."""
-    _check(name, split)
+def load_arrays(name, split, holdout_validation=False, validation_size=VALIDATION_SIZE):
+    """``(images uint8 (n, 28, 28), labels uint8 (n,))`` of one split.
+
+    ``"validation"`` is the last ``validation_size`` training images;
+    ``"train"`` with ``holdout_validation=True`` the ones before them (the two
+    never overlap), without it all of them.
+    """
+    _check(name, split, holdout_validation)
+    if split == "test":
+        return _stored_arrays(name, "test")
+    images, labels = _stored_arrays(name, "train")
+    if split == "train" and not holdout_validation:
+        return images, labels
+    start = _validation_start(name, len(labels), validation_size)
+    if split == "validation":
+        return images[start:], labels[start:]
+    return images[:start], labels[:start]
+
+
+def _stored_arrays(name, split):
+    """The arrays as stored: ``split`` is ``"train"`` or ``"test"``."""
     if name == "mnist_sample":
         return _read_npz(SAMPLE_PATH, split)
     local_dir = os.environ.get(DATA_ENV)
@@ -94,9 +151,10 @@ def as_float_images(images):
     return (images.astype("float32") / 255.0)[..., None]
 
 
-def load_images(name, split):
-    """All images of one split as float32 ``(n, 28, 28, 1)`` in [0, 1] (numpy)."""
-    return as_float_images(load_arrays(name, split)[0])
+def load_images(name, split, holdout_validation=False, validation_size=VALIDATION_SIZE):
+    """All images of one split as float32 ``(n, 28, 28, 1)`` in [0, 1] (numpy);
+    the split as in ``load_arrays``."""
+    return as_float_images(load_arrays(name, split, holdout_validation, validation_size)[0])
 
 
 def _random_shift(image, max_shift, seed):
@@ -145,12 +203,16 @@ def load(
     drop_remainder=False,
     repeat=False,
     binarize=None,
+    holdout_validation=False,
+    validation_size=VALIDATION_SIZE,
 ):
     """A batched ``tf.data.Dataset`` of ``(images, labels)``.
 
     Args:
         name: ``mnist``, ``fashion_mnist`` or ``mnist_sample``.
-        split: ``train`` or ``test``.
+        split: ``train``, ``validation`` or ``test`` (see the module's
+            docstring); ``validation`` behaves like ``test``: unshuffled,
+            unshifted by default.
         shuffle: defaults to True for ``train``.
         shift_pixels: random translation of up to this many pixels;
             defaults to 2 for ``train`` (Sabour et al.), 0 otherwise.
@@ -161,9 +223,12 @@ def load(
             tf.distribute, where replicas should get equal shares).
         binarize: None, ``"stochastic"``, ``"fixed"`` or ``"threshold"``
             (see the module's docstring); applied after the shifts.
+        holdout_validation: for ``train``: leave out the last
+            ``validation_size`` images (the ``validation`` split).
+        validation_size: the size of the ``validation`` split.
     """
     check_binarize(binarize)
-    images, labels = load_arrays(name, split)
+    images, labels = load_arrays(name, split, holdout_validation, validation_size)
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
     training = split == "train"
@@ -201,6 +266,7 @@ def load(
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def num_examples(name, split, limit=None):
-    count = len(load_arrays(name, split)[1])
+def num_examples(name, split, limit=None, holdout_validation=False, validation_size=VALIDATION_SIZE):
+    """The number of examples ``load`` gives with the same arguments."""
+    count = len(load_arrays(name, split, holdout_validation, validation_size)[1])
     return count if limit is None else min(limit, count)
