@@ -37,6 +37,8 @@ def benchmark_parser(
     batch_size,
     batch_help="training batch",
     infer_help="timed inference calls per batch size",
+    train_steps=20,
+    infer_repeats=30,
 ):
     """The options every benchmark has; the script adds its own after these."""
     parser = argparse.ArgumentParser(description=description)
@@ -44,10 +46,10 @@ def benchmark_parser(
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
     parser.add_argument("--batch-size", type=int, default=batch_size,
                         help=f"{batch_help} (default {batch_size})")
-    parser.add_argument("--train-steps", type=int, default=20, help="timed training steps")
+    parser.add_argument("--train-steps", type=int, default=train_steps, help="timed training steps")
     parser.add_argument("--warmup-steps", type=int, default=2,
                         help="untimed steps / calls before timing (the first one traces)")
-    parser.add_argument("--infer-repeats", type=int, default=30, help=infer_help)
+    parser.add_argument("--infer-repeats", type=int, default=infer_repeats, help=infer_help)
     return parser
 
 

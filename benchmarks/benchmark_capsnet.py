@@ -12,7 +12,10 @@ is global, and each run should start with its own memory) that measures:
   ``predict_on_batch`` with ``--infer-api predict_on_batch``) at batch 1 and
   at the training batch size, and images/second at the latter;
 - numerics: whether losses, weights and outputs stay finite, and how far the
-  class scores of the freshly initialised model are from float32's.
+  class scores of the freshly initialised model are from float32's;
+- the floor: the model's PrimaryCaps convolution alone (the step's largest
+  op), forward and backward, in the same process and precision, so that the
+  training figure can be read as a fraction of it (see ``primary_conv_floor``).
 
 See benchmarks/README.md for how to read the table.
 """
@@ -26,15 +29,55 @@ INFER_APIS = ("function", "predict_on_batch")
 
 
 def parse_args(argv=None):
+    # 10 steps and 10 calls: the peer (../shared/peer-bench) times 10 steps,
+    # and on a CPU without bfloat16 instructions a bfloat16 step takes ~20 s.
     parser = _harness.benchmark_parser(
         __doc__.splitlines()[0], MODELS, batch_size=128,
         batch_help="training batch and the large inference batch",
+        train_steps=10, infer_repeats=10,
     )
     parser.add_argument("--infer-api", choices=INFER_APIS, default="function")
     return _harness.parse_benchmark_args(parser, argv)
 
 
 # -- child: one model x precision -------------------------------------------
+
+
+def primary_conv_floor(model, batch, repeats, warmup):
+    """Seconds per call of the PrimaryCaps convolution alone, forward and
+    backward (input and kernel gradients), on the input it sees in the model.
+
+    The loss is a sum of squares: with a loss linear in the output (a plain
+    sum, as in ``../shared/peer-bench/tf_conv_floor.py``) the gradients do
+    not depend on the forward result and TensorFlow prunes the forward
+    convolution, so such a "forward + backward" figure times the backward
+    pass alone. Both are returned: ``{"forward_backward_s", "backward_only_s"}``.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    conv = model.primary_caps.conv
+    feature_shape = (None,) + tuple(model.image_shape)
+    for layer in model.convs:
+        feature_shape = layer.compute_output_shape(feature_shape)
+    features = tf.Variable(
+        tf.cast(tf.random.uniform((batch,) + tuple(feature_shape[1:])), conv.compute_dtype)
+    )
+
+    def step(square):
+        with tf.GradientTape() as tape:
+            out = tf.cast(conv(features), "float32")
+            loss = tf.reduce_sum(tf.square(out) if square else out)
+        gradients = tape.gradient(loss, [features, *conv.trainable_variables])
+        return tf.add_n([tf.reduce_sum(tf.cast(g, "float32")) for g in gradients])
+
+    timings = {}
+    for name, square in (("forward_backward_s", True), ("backward_only_s", False)):
+        function = tf.function(lambda square=square: step(square), jit_compile=False)
+        for _ in range(warmup):
+            function().numpy()
+        timings[name] = float(np.median(_harness.timed_calls(lambda: function().numpy(), repeats)))
+    return timings
 
 
 def measure(args, model_name, precision):
@@ -108,6 +151,10 @@ def measure(args, model_name, precision):
     median_step_ms, p90_step_ms, train_images_per_second = _harness.timing_summary(
         step_seconds, batch
     )
+    floor = primary_conv_floor(model, batch, max(3, args.train_steps // 2), args.warmup_steps)
+    floor["images_per_second"] = batch / floor["forward_backward_s"]
+    # Of the floor's rate, the share training reaches (1.0: every other op free).
+    floor["training_fraction"] = train_images_per_second / floor["images_per_second"]
     return {
         "model": model_name,
         "precision": precision,
@@ -119,6 +166,7 @@ def measure(args, model_name, precision):
             "median_step_ms": median_step_ms,
             "p90_step_ms": p90_step_ms,
         },
+        "primary_conv_floor": floor,
         "inference": inference,
         "infer_api": args.infer_api,
         "finite": {
@@ -159,6 +207,7 @@ def summarize(results, args):
     batch = args.batch_size
     headers = [
         "model", "precision", f"train img/s (b{batch})", "step ms med",
+        "PrimaryCaps conv floor img/s", "of floor",
         "infer b1 ms med/p90", f"infer b{batch} ms med/p90", f"infer img/s (b{batch})",
         "finite", "max|Δscore| vs fp32",
     ]
@@ -174,6 +223,8 @@ def summarize(results, args):
             r["precision"],
             f"{r['train']['images_per_second']:.1f}",
             f"{r['train']['median_step_ms']:.0f}",
+            f"{r['primary_conv_floor']['images_per_second']:.1f}",
+            f"{r['primary_conv_floor']['training_fraction']:.0%}",
             f"{small['median_ms']:.1f} / {small['p90_ms']:.1f}",
             f"{large['median_ms']:.0f} / {large['p90_ms']:.0f}",
             f"{large['images_per_second']:.1f}",
