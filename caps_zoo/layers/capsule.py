@@ -120,15 +120,17 @@ def _route(u_hat, iterations, stop_gradient):
     See ``RoutingCaps``. ``iterations`` and ``stop_gradient`` are Python
     values (one trace per setting).
     """
-    u_hat_routing = tf.stop_gradient(u_hat) if stop_gradient else u_hat
-    logits = tf.zeros(tf.shape(u_hat)[:3], dtype=u_hat.dtype)  # (i, b, j)
+    u_hat_routing = ops.stop_gradient(u_hat) if stop_gradient else u_hat
+    # ops.shape gives a tuple of dimensions: no StridedSlice of a shape
+    # tensor, which the TFLite converter refuses in this graph.
+    logits = ops.zeros(ops.shape(u_hat)[:3], dtype=u_hat.dtype)  # (i, b, j)
     for iteration in range(iterations):
         last = iteration == iterations - 1
         u = u_hat if last else u_hat_routing
-        coupling = tf.nn.softmax(logits, axis=-1)  # over parents j
-        outputs = squash(tf.reduce_sum(coupling[..., None] * u, axis=0))  # (b, j, d)
+        coupling = ops.softmax(logits, axis=-1)  # over parents j
+        outputs = squash(ops.sum(coupling[..., None] * u, axis=0))  # (b, j, d)
         if not last:
-            logits = logits + tf.reduce_sum(u * outputs[None], axis=-1)
+            logits = logits + ops.sum(u * outputs[None], axis=-1)
     return outputs
 
 
