@@ -500,10 +500,14 @@ def _fit(model, strategy, config, run_dir, seed, callbacks):
         val_data = data.load(config.dataset, "test", batch_size=256, limit=config.test_limit,
                              binarize=binarize)
 
-    steps_per_epoch = config.steps_per_epoch or math.ceil(
-        data.num_examples(config.dataset, "train", config.train_limit,
-                          holdout_validation=config.validation,
-                          validation_size=config.validation_size) / config.batch_size)
+    # Only the cosine schedule needs the epoch's length (it is set per batch);
+    # counting the images reads the dataset's arrays a second time.
+    steps_per_epoch = config.steps_per_epoch
+    if steps_per_epoch is None and config.learning_rate_schedule == "cosine":
+        steps_per_epoch = math.ceil(
+            data.num_examples(config.dataset, "train", config.train_limit,
+                              holdout_validation=config.validation,
+                              validation_size=config.validation_size) / config.batch_size)
     selecting = config.validation and config.selection_metric is not None
     best_weights = BestWeights(run_dir, config) if selecting else None
     epochs = config.epochs
