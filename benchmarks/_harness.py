@@ -112,6 +112,13 @@ def timing_summary(seconds, images_per_call):
     )
 
 
+# Environment variables that change CPU speed (read by TensorFlow at start-up):
+# recorded with every result so that a sweep over them can be told apart.
+SPEED_ENVIRONMENT = (
+    "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "TF_ENABLE_ONEDNN_OPTS", "OMP_NUM_THREADS",
+)
+
+
 def runtime_info():
     """TensorFlow / Keras versions and thread settings of the child."""
     import keras
@@ -120,9 +127,11 @@ def runtime_info():
     return {
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
         "tf_threads": {
+            # 0 means TensorFlow's default: one thread per core.
             "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
             "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
         },
+        "speed_environment": {name: os.environ.get(name) for name in SPEED_ENVIRONMENT},
     }
 
 

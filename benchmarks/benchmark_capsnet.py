@@ -37,6 +37,12 @@ def parse_args(argv=None):
         train_steps=10, infer_repeats=10,
     )
     parser.add_argument("--infer-api", choices=INFER_APIS, default="function")
+    # A choice, not a store_true flag: the parent forwards every option to its
+    # children as "--name value".
+    parser.add_argument(
+        "--routing-stop-gradient", choices=("off", "on"), default="off",
+        help="build the models with stop_gradient_in_routing (see RoutingCaps); default off, as shipped",
+    )
     return _harness.parse_benchmark_args(parser, argv)
 
 
@@ -92,7 +98,9 @@ def measure(args, model_name, precision):
     # Same seed in every child: all precisions start from the same float32
     # weights, so their initial scores can be compared in the parent.
     keras.utils.set_random_seed(args.seed)
-    model = caps_zoo.create_model(model_name)
+    model = caps_zoo.create_model(
+        model_name, stop_gradient_in_routing=args.routing_stop_gradient == "on"
+    )
     # jit_compile=False explicitly: XLA is far slower for this model on CPU.
     model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=False)
     model.optimizer.build(model.trainable_variables)
