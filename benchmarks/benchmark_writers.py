@@ -27,7 +27,7 @@ import _harness
 
 MODELS = ("draw", "dcrw")
 SAMPLE_SIZES = (1, 64)
-LOSS_NAMES = ("loss", "reconstruction_loss", "kl_loss")
+LOSS_NAMES = ("loss", "reconstruction_nll", "latent_kl")
 CLIP_NORM = 5.0  # recipes/train_draw.py's global gradient-norm clipping
 
 

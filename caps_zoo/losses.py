@@ -1,7 +1,7 @@
 """Losses of the zoo's models: capsule, variational and adversarial.
 
 Each returns one value per example; models average them and decide how to
-scale for ``tf.distribute`` (see ``CapsuleNetwork.train_step``).
+scale for ``tf.distribute`` (see ``caps_zoo.models.base``).
 """
 
 from keras import ops
@@ -47,8 +47,21 @@ def margin_loss(
     return ops.sum(present + absent, axis=-1)
 
 
-def reconstruction_loss(images, reconstructions, weight=RECONSTRUCTION_WEIGHT):
-    """Weighted sum of squared pixel errors per example: shape ``(batch,)``."""
+def class_ids(labels, num_classes):
+    """Class ids ``(batch,)`` of labels given as ids or as one-hot targets
+    ``(batch, num_classes)`` (what ``margin_loss`` accepts)."""
+    if len(labels.shape) == 2 and labels.shape[-1] == num_classes and num_classes != 1:
+        return ops.argmax(labels, axis=-1)
+    return labels
+
+
+def reconstruction_squared_error(images, reconstructions, weight=RECONSTRUCTION_WEIGHT):
+    """``weight`` x the sum of squared pixel errors per example: shape ``(batch,)``.
+
+    The capsule decoder's term (Sabour et al.: weight 0.0005, so that it
+    does not dominate the margin loss). Not the writers' reconstruction
+    term, which is a Bernoulli NLL in nats (``bernoulli_nll_nats``).
+    """
     images = ops.reshape(ops.cast(images, "float32"), (ops.shape(images)[0], -1))
     reconstructions = ops.reshape(
         ops.cast(reconstructions, "float32"), (ops.shape(reconstructions)[0], -1)

@@ -39,6 +39,7 @@ import tensorflow as tf
 
 from caps_zoo import data, registry
 from caps_zoo import weights as weights_io
+from caps_zoo.models.base import AdversarialModel, GenerativeModel
 
 PRECISIONS = ("float32", "mixed_bfloat16")
 STRATEGIES = ("default", "mirrored")
@@ -175,13 +176,13 @@ def build_model(config):
             learning_rate, beta_1=config.adam_beta_1, global_clipnorm=config.clip_norm
         )
 
-    adversarial = hasattr(model, "discriminator_optimizer")
+    adversarial = isinstance(model, AdversarialModel)
     if config.discriminator_learning_rate is not None and not adversarial:
         raise ValueError(
             f"discriminator_learning_rate is for adversarial models (GRAN); {config.model} has no "
             "discriminator."
         )
-    if config.sample_grids and not hasattr(model, "sample"):
+    if config.sample_grids and not isinstance(model, GenerativeModel):
         raise ValueError(f"sample_grids needs a generator (a model with sample()); {config.model} is not one.")
     optimizers = {"optimizer": adam(config.learning_rate)}
     if adversarial:
@@ -204,8 +205,7 @@ def learning_rates(config):
 
 def model_optimizers(model):
     """The model's optimizers: ``optimizer``, and a GAN's ``discriminator_optimizer``."""
-    extra = getattr(model, "discriminator_optimizer", None)
-    return [model.optimizer] + ([extra] if extra is not None else [])
+    return list(model.named_optimizers().values())
 
 
 class LearningRateDecay(keras.callbacks.Callback):

@@ -51,6 +51,16 @@ def save_weights(model, path, dtype="float32"):
     return path
 
 
+def _current_path_function(model):
+    """How the zoo's model maps paths of files from its earlier versions
+    (``ZooModel.current_weight_path``); identity for other Keras models."""
+    from caps_zoo.models.base import ZooModel  # here: models import this module
+
+    if isinstance(model, ZooModel):
+        return model.current_weight_path
+    return lambda path: path
+
+
 def load_weights(model, path):
     """Load ``.weights.npz`` (ours) or ``.weights.h5`` / ``.keras`` (Keras).
 
@@ -79,6 +89,7 @@ def load_weights(model, path):
         ) from error
     stored_paths = list(stored.pop("__paths__", []))
     check_paths = int(stored.pop("__format__", 1)) >= 2
+    current_path = _current_path_function(model)
     if len(stored) != len(model.weights):
         raise WeightsError(
             f"Weights file '{path}' holds {len(stored)} variables, {model.name} has "
@@ -88,7 +99,7 @@ def load_weights(model, path):
     for index, variable in enumerate(model.weights):
         value = stored[f"{index:04d}"]
         name = str(stored_paths[index]) if index < len(stored_paths) else f"#{index}"
-        if check_paths and name != _relative_path(variable.path):
+        if check_paths and current_path(name) != _relative_path(variable.path):
             raise WeightsError(
                 f"Weights file '{path}': variable #{index} is {name}, {model.name} expects "
                 f"{_relative_path(variable.path)}: it was saved from a different architecture."

@@ -47,6 +47,8 @@ import tensorflow as tf
 
 import caps_zoo
 from caps_zoo import data, metrics, plots, registry
+from caps_zoo.models import CapsuleNetwork
+from caps_zoo.models.base import GenerativeModel
 from caps_zoo.training import BEST_RECORD, BEST_WEIGHTS, machine_description
 
 SELECTION_RULES = ("validation", "last")
@@ -213,7 +215,7 @@ def main(argv=None):
     validation_size = config.get("validation_size", data.VALIDATION_SIZE)
     training_split = {"holdout_validation": validation, "validation_size": validation_size}
     frechet = {}
-    if hasattr(model, "sample") and args.frechet_samples > 0:
+    if isinstance(model, GenerativeModel) and args.frechet_samples > 0:
         frechet = {"frechet": describe_samples(
             model, config["dataset"], weights_path.parent, args.tag, args.frechet_samples,
             data.load_images(config["dataset"], "train", **training_split))}
@@ -287,13 +289,13 @@ def main(argv=None):
         "epochs_completed": epochs_completed,
         "precision": config["precision"],
         "batch_size": config["batch_size"],
-        **({"routing_iterations": [s.routing_iterations for s in model.routing_stages]}
-           if hasattr(model, "routing_stages") else {}),
+        **({"routing_iterations": list(model.routing_iterations)}
+           if isinstance(model, CapsuleNetwork) else {}),
         "wall_hours": wall_hours,
         "machine": machine_description(),
         # Every metric of model.evaluate: accuracy and losses of the capsule
         # networks; for DRAW/DCRW loss = Lx + Lz, the negative lower bound,
-        # reconstruction_loss = Lx, kl_loss = Lz, in nats per image.
+        # reconstruction_nll = Lx, latent_kl = Lz, in nats per image.
         **{f"test_{name}": value for name, value in test.items()},
         **{f"sample_{name}": value for name, value in sample.items()},
         **({"sample": "caps_zoo/data/mnist_test_sample.npz (first 1,000 MNIST test images"

@@ -68,6 +68,17 @@ def tiny_mnist(tmp_path, monkeypatch):
     return folder
 
 
+def perturb_moving_statistics(model, seed=0):
+    """Batch-norm moving means and variances far from their initial 0 and 1,
+    so that a round trip or export that dropped them would show."""
+    rng = np.random.default_rng(seed)
+    for variable in model.non_trainable_variables:
+        if "moving_mean" in variable.path:
+            variable.assign(rng.normal(0, 0.5, variable.shape).astype("float32"))
+        elif "moving_variance" in variable.path:
+            variable.assign(rng.uniform(0.5, 2.0, variable.shape).astype("float32"))
+
+
 class Killed(Exception):
     """Raised by ``kill_at_epoch`` callbacks: a run killed between epochs."""
 

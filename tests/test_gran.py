@@ -12,8 +12,7 @@ import tensorflow as tf
 
 import caps_zoo
 from caps_zoo import data, losses, training
-from caps_zoo.models.generative_recurrent_adversarial import RecurrentAdversarialNetwork
-from conftest import Killed
+from conftest import Killed, perturb_moving_statistics
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -27,17 +26,6 @@ def real_images(mnist_sample):
 def make(name="gran3", **overrides):
     keras.utils.set_random_seed(0)
     return caps_zoo.create_model(name, **overrides)
-
-
-def _perturb_batch_norm_statistics(model, seed=0):
-    """Moving means and variances away from their initial 0 and 1, so that a
-    round trip or export that dropped them would show."""
-    rng = np.random.default_rng(seed)
-    for variable in model.non_trainable_variables:
-        if "moving_mean" in variable.path:
-            variable.assign(rng.normal(0, 0.5, variable.shape).astype("float32"))
-        elif "moving_variance" in variable.path:
-            variable.assign(rng.uniform(0.5, 2.0, variable.shape).astype("float32"))
 
 
 def noise_for(model, n, steps=None, seed=0):
@@ -98,7 +86,7 @@ def test_canvas_is_the_sigmoid_of_the_summed_updates():
     """eq. 9, C = sigmoid(sum_t Delta C_t), with Delta C_t = f([h_z,t, g(Delta C_{t-1})])
     built step by step from the layers; the canvas sequence is its running sum."""
     model = make("gran3", noise_mode="every_step")
-    _perturb_batch_norm_statistics(model)
+    perturb_moving_statistics(model)
     generator = model.generator
     z = noise_for(model, 3)
     total, h_c, update = 0.0, np.zeros((3, 60), "float32"), None
@@ -191,23 +179,6 @@ def test_each_optimizer_trains_only_its_network(real_images):
     assert any(not np.allclose(b, v.numpy()) for b, v in zip(generator_before, model.generator.trainable_variables))
 
 
-def test_mirrored_reports_the_real_unscaled_loss(real_images):
-    """With frozen weights, two replicas report what one device reports (not half)."""
-    reported = {}
-    for name in ("default", "mirrored"):
-        strategy = training.make_strategy(name)
-        with strategy.scope():
-            config = training.TrainConfig(model="gran1", learning_rate=0.0, discriminator_learning_rate=0.0)
-            model = training.build_model(config)
-        dataset = tf.data.Dataset.from_tensor_slices(real_images).batch(128)
-        reported[name] = model.fit(dataset, epochs=1, verbose=0, shuffle=False).history
-        if name == "mirrored":
-            assert strategy.num_replicas_in_sync == 2
-    for key in ("discriminator_loss", "generator_loss"):
-        # The noise differs between runs: equal to a few percent, never halved.
-        assert reported["mirrored"][key][0] == pytest.approx(reported["default"][key][0], rel=0.1), key
-
-
 def test_every_replica_draws_its_own_noise():
     """A SeedGenerator is copied to every replica; its noise must not be."""
     from caps_zoo.models.builder import replica_normal
@@ -230,36 +201,6 @@ def test_training_options_that_do_not_fit_the_model_are_refused():
     model = training.build_model(training.TrainConfig(model="gran1", learning_rate=3e-4, adam_beta_1=0.5))
     assert model.discriminator_optimizer.learning_rate.numpy() == pytest.approx(3e-4)
     assert model.discriminator_optimizer.beta_1 == pytest.approx(0.5)
-
-
-@pytest.mark.parametrize("noise_mode", ["once", "every_step"])
-def test_keras_round_trip_is_equal_with_fixed_noise(noise_mode, real_images, tmp_path):
-    model = make("gran3", noise_mode=noise_mode)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), steps_per_execution=2)
-    model.fit(real_images[:128], epochs=1, batch_size=64, verbose=0)  # moving stats and optimizer slots
-    z = noise_for(model, 5)
-    path = tmp_path / "gran.keras"
-    model.save(path)
-    restored = keras.saving.load_model(path)  # no custom_objects: the classes are registered
-    assert isinstance(restored, RecurrentAdversarialNetwork)
-    assert restored.get_config() == model.get_config()
-    np.testing.assert_allclose(restored.generate(z), model.generate(z), atol=1e-6)
-    np.testing.assert_allclose(restored.discriminate(real_images[:8]), model.discriminate(real_images[:8]),
-                               atol=1e-6)
-    assert int(restored.discriminator_optimizer.iterations) == int(model.discriminator_optimizer.iterations)
-    assert restored.discriminator_optimizer.beta_1 == pytest.approx(0.5)
-    assert restored.steps_per_execution == model.steps_per_execution == 2  # the rest of compile()
-
-
-def test_weights_file_round_trip(tmp_path):
-    model = make("gran5")
-    _perturb_batch_norm_statistics(model)
-    path = caps_zoo.weights.save_weights(model, tmp_path / "gran5.weights.npz")
-    other = caps_zoo.load("gran5", weights=str(path))
-    z = noise_for(model, 3)
-    np.testing.assert_allclose(other.generate(z), model.generate(z), atol=1e-6)
-    with pytest.raises(caps_zoo.weights.WeightsError, match="different architecture"):
-        caps_zoo.load("gran3", weights=str(path))
 
 
 def test_bad_inputs_say_what_was_expected():

@@ -30,11 +30,11 @@ def test_margin_loss_constants_are_the_papers():
     )
 
 
-def test_reconstruction_loss_is_weighted_sum_of_squares():
+def test_reconstruction_squared_error_is_weighted_sum_of_squares():
     images = np.zeros((2, 2, 2, 1), "float32")
     recon = np.array([[1, 1, 0, 0], [0.5, 0, 0, 0]], "float32").reshape(2, 2, 2, 1)
     np.testing.assert_allclose(
-        losses.reconstruction_loss(images, recon), [0.0005 * 2, 0.0005 * 0.25], rtol=1e-6
+        losses.reconstruction_squared_error(images, recon), [0.0005 * 2, 0.0005 * 0.25], rtol=1e-6
     )
     assert losses.RECONSTRUCTION_WEIGHT == pytest.approx(0.0005)
 

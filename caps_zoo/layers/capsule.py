@@ -326,3 +326,182 @@ class Mask(keras.layers.Layer):
 
     def compute_output_spec(self, capsules, labels=None):
         return keras.KerasTensor(self.compute_output_shape(capsules.shape), dtype="float32")
+
+
+@keras.saving.register_keras_serializable(package="caps_zoo")
+class CapsuleStack(keras.layers.Layer):
+    """ReLU convolutions -> ``PrimaryCaps`` -> fully connected ``RoutingCaps`` stages.
+
+    The block every capsule model of the zoo is built on: CapsNet and the
+    Deep Capsule Network (images in, class capsules out) and both capsule
+    networks of RCN (its encoder on images, its decoder on a map made from
+    z, through transposed convolutions). Input ``(batch, height, width,
+    channels)``; output ``(batch, num_capsules, capsule_dim)`` of the last
+    stage, float32.
+
+    Args:
+        conv_filters / conv_kernel_sizes: the ReLU convolutions before the
+            primary capsules (stride 1, valid padding, He-normal init).
+        conv_transpose: transposed convolutions instead (valid padding: each
+            grows the map by ``kernel_size - 1``).
+        primary_capsule_types / primary_capsule_dim / primary_kernel_size /
+            primary_strides: the ``PrimaryCaps`` layer.
+        routing_capsules: ``((num_capsules, capsule_dim), ...)`` per routing
+            stage.
+        routing_iterations: iterations per stage (an int for all), each >= 1.
+        stop_gradient_in_routing: see ``RoutingCaps``.
+        last_stage_init_scale: ``init_scale`` of the last stage. Class
+            capsules start short (below the margin m- = 0.1, with 0.3), so
+            the absent-class term of the margin loss does not first push
+            every capsule to zero, where squash's gradient dies.
+        last_stage_name: the last stage's layer name (earlier stages are
+            ``routing_caps1``, ``routing_caps2``, ...).
+    """
+
+    def __init__(
+        self,
+        conv_filters=(256,),
+        conv_kernel_sizes=(9,),
+        conv_transpose=False,
+        primary_capsule_types=32,
+        primary_capsule_dim=8,
+        primary_kernel_size=9,
+        primary_strides=2,
+        routing_capsules=((10, 16),),
+        routing_iterations=3,
+        stop_gradient_in_routing=False,
+        last_stage_init_scale=1.0,
+        last_stage_name="digit_caps",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        routing_capsules = tuple(tuple(int(v) for v in stage) for stage in routing_capsules)
+        if not routing_capsules or any(len(stage) != 2 for stage in routing_capsules):
+            raise ValueError(
+                "routing_capsules needs at least one stage, each (num_capsules, capsule_dim); "
+                f"got {routing_capsules}."
+            )
+        if isinstance(routing_iterations, int):
+            routing_iterations = (routing_iterations,) * len(routing_capsules)
+        routing_iterations = tuple(int(r) for r in routing_iterations)
+        if len(conv_filters) != len(conv_kernel_sizes):
+            raise ValueError(
+                f"conv_filters {tuple(conv_filters)} and conv_kernel_sizes "
+                f"{tuple(conv_kernel_sizes)} must have the same length."
+            )
+        if len(routing_iterations) != len(routing_capsules):
+            raise ValueError(
+                f"routing_iterations {routing_iterations} needs one entry per routing "
+                f"stage ({len(routing_capsules)} stages: {routing_capsules})."
+            )
+        self.conv_filters = tuple(int(v) for v in conv_filters)
+        self.conv_kernel_sizes = tuple(int(v) for v in conv_kernel_sizes)
+        self.conv_transpose = bool(conv_transpose)
+        self.primary_capsule_types = int(primary_capsule_types)
+        self.primary_capsule_dim = int(primary_capsule_dim)
+        self.primary_kernel_size = int(primary_kernel_size)
+        self.primary_strides = int(primary_strides)
+        self.routing_capsules = routing_capsules
+        self.routing_iterations = routing_iterations
+        self.stop_gradient_in_routing = bool(stop_gradient_in_routing)
+        self.last_stage_init_scale = float(last_stage_init_scale)
+        self.last_stage_name = str(last_stage_name)
+
+        conv_class = keras.layers.Conv2DTranspose if self.conv_transpose else keras.layers.Conv2D
+        self.convs = [
+            conv_class(
+                filters, size, activation="relu", kernel_initializer="he_normal",
+                dtype=self.dtype_policy, name=f"conv{index + 1}",
+            )
+            for index, (filters, size) in enumerate(zip(self.conv_filters, self.conv_kernel_sizes))
+        ]
+        self.primary_caps = PrimaryCaps(
+            self.primary_capsule_types,
+            self.primary_capsule_dim,
+            kernel_size=self.primary_kernel_size,
+            strides=self.primary_strides,
+            dtype=self.dtype_policy,
+            name="primary_caps",
+        )
+        names = [f"routing_caps{i + 1}" for i in range(len(routing_capsules) - 1)]
+        names.append(self.last_stage_name)
+        last = len(routing_capsules) - 1
+        self.routing_stages = [
+            RoutingCaps(
+                num_capsules,
+                capsule_dim,
+                routing_iterations=iterations,
+                stop_gradient_in_routing=self.stop_gradient_in_routing,
+                init_scale=self.last_stage_init_scale if index == last else 1.0,
+                name=name,
+            )
+            for index, ((num_capsules, capsule_dim), iterations, name) in enumerate(
+                zip(routing_capsules, routing_iterations, names)
+            )
+        ]
+
+    @property
+    def num_capsules(self):
+        return self.routing_capsules[-1][0]
+
+    @property
+    def capsule_dim(self):
+        return self.routing_capsules[-1][1]
+
+    def feature_shape(self, input_shape):
+        """The shape the convolutions give ``PrimaryCaps``."""
+        shape = tuple(input_shape)
+        for conv in self.convs:
+            shape = conv.compute_output_shape(shape)
+        return shape
+
+    def build(self, input_shape):
+        _check_rank(self, input_shape, 4, "feature maps (batch, height, width, channels)")
+        shape = tuple(input_shape)
+        for conv in self.convs:
+            conv.build(shape)
+            shape = conv.compute_output_shape(shape)
+        self.primary_caps.build(shape)
+        shape = self.primary_caps.compute_output_shape(shape)
+        for stage in self.routing_stages:
+            stage.build(shape)
+            shape = stage.compute_output_shape(shape)
+
+    def call(self, inputs, training=None):
+        features = inputs
+        for conv in self.convs:
+            features = conv(features)
+        capsules = self.primary_caps(features)
+        for stage in self.routing_stages:
+            capsules = stage(capsules, training=training)
+        return capsules
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.num_capsules, self.capsule_dim)
+
+    def compute_output_spec(self, inputs, training=None):
+        return keras.KerasTensor(self.compute_output_shape(inputs.shape), dtype="float32")
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            conv_filters=self.conv_filters,
+            conv_kernel_sizes=self.conv_kernel_sizes,
+            conv_transpose=self.conv_transpose,
+            primary_capsule_types=self.primary_capsule_types,
+            primary_capsule_dim=self.primary_capsule_dim,
+            primary_kernel_size=self.primary_kernel_size,
+            primary_strides=self.primary_strides,
+            routing_capsules=self.routing_capsules,
+            routing_iterations=self.routing_iterations,
+            stop_gradient_in_routing=self.stop_gradient_in_routing,
+            last_stage_init_scale=self.last_stage_init_scale,
+            last_stage_name=self.last_stage_name,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["routing_capsules"] = tuple(tuple(stage) for stage in config["routing_capsules"])
+        return cls(**config)

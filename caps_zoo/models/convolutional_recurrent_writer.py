@@ -35,7 +35,15 @@ the negative variational lower bound. ``x`` must be binary; the data layer's
 Outputs of ``call`` / ``predict`` (images in, one posterior sample of z):
 ``{"reconstruction": sigmoid(c_T), "canvas_logits": c_T, "latent_kl": Lz
 (batch,)}``. ``sample(n)`` draws from the prior and returns the canvas
-sequence and the write windows as well.
+sequence and the write windows as well. Training logs ``loss`` (Lx + Lz),
+``reconstruction_nll`` (Lx) and ``latent_kl`` (Lz), nats per image.
+
+Subclasses (RCN) change what the recurrence reads without copying it,
+through four hooks: ``image_context`` (computed once per image: what every
+encoder step may read, and outputs to return), ``encoder_step_inputs`` (what
+the encoder reads at a step), ``decoder_step_input`` (the block between z_t
+and the decoder LSTM), and their ``build_*`` counterparts, which give the
+sizes the LSTMs are built for.
 """
 
 import keras
@@ -45,6 +53,7 @@ from keras import ops
 from caps_zoo import losses
 from caps_zoo.layers import FilterbankRead, FilterbankWrite
 from caps_zoo.layers.filterbank import window_box
+from caps_zoo.models.base import GenerativeModel, LossTermsModel
 from caps_zoo.models.builder import build_compiled, check_images, replica_normal
 from caps_zoo.registry import register_model
 
@@ -53,7 +62,7 @@ ENCODERS = ("lstm", "cnn")
 
 
 @keras.saving.register_keras_serializable(package="caps_zoo")
-class RecurrentWriter(keras.Model):
+class RecurrentWriter(GenerativeModel, LossTermsModel):
     """DRAW (LSTM encoder) or DCRW (CNN encoder): a sequential VAE.
 
     Args:
@@ -69,6 +78,8 @@ class RecurrentWriter(keras.Model):
         write_attention / write_size: ``FilterbankWrite``.
         seed: seed of the posterior noise drawn in ``call``.
     """
+
+    LOSS_TERMS = ("reconstruction_nll", "latent_kl")
 
     def __init__(
         self,
@@ -106,7 +117,7 @@ class RecurrentWriter(keras.Model):
         # DCRW without read attention encodes x once (eq. 29).
         self.encode_once = encoder == "cnn" and not self.read_attention
 
-        self.reader = FilterbankRead(self.read_size, attention=self.read_attention, name="read")
+        self.reader = self.make_reader()
         if encoder == "lstm":
             self.encoder_cell = keras.layers.LSTMCell(self.encoder_units, name="encoder_lstm")
         else:
@@ -132,36 +143,72 @@ class RecurrentWriter(keras.Model):
         )
         self.noise_seed = keras.random.SeedGenerator(seed, name="noise_seed")
 
-        self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.reconstruction_tracker = keras.metrics.Mean(name="reconstruction_loss")
-        self.kl_tracker = keras.metrics.Mean(name="kl_loss")
-
     # -- building --------------------------------------------------------------
 
     def build(self, input_shape=None):
         batch = None
         images_shape = (batch, *self.image_shape)
         decoder_state_shape = (batch, self.decoder_units)
-        self.reader.build(images_shape, images_shape, decoder_state_shape)
+        context_dim = self.build_image_context(images_shape)
         if self.encode_once:
             self.encoder_cnn.build(images_shape)
             encoding_dim = self.encoder_cnn.compute_output_shape(images_shape)[-1]
         else:
-            glimpse_shape = self.reader.compute_output_shape(images_shape)
-            if self.encoder == "lstm":
-                flat = glimpse_shape[1] * glimpse_shape[2] * glimpse_shape[3]
-                self.encoder_cell.build((batch, flat + self.decoder_units))
-                encoding_dim = self.encoder_units
+            glimpse_dim = 0
+            if self.reader is not None:
+                self.reader.build(images_shape, images_shape, decoder_state_shape)
+                glimpse_shape = self.reader.compute_output_shape(images_shape)
+            if self.reader is None:
+                pass  # no glimpse: the encoder reads what encoder_step_inputs adds
+            elif self.encoder == "lstm":
+                glimpse_dim = glimpse_shape[1] * glimpse_shape[2] * glimpse_shape[3]
             else:
                 self.encoder_cnn.build(glimpse_shape)
-                encoding_dim = (
-                    self.encoder_cnn.compute_output_shape(glimpse_shape)[-1] + self.decoder_units
-                )
+                glimpse_dim = self.encoder_cnn.compute_output_shape(glimpse_shape)[-1]
+            step_dim = glimpse_dim + self.decoder_units + context_dim
+            if self.encoder == "lstm":
+                self.encoder_cell.build((batch, step_dim))
+                encoding_dim = self.encoder_units
+            else:
+                encoding_dim = step_dim
         self.posterior_mean.build((batch, encoding_dim))
         self.posterior_log_std.build((batch, encoding_dim))
-        self.decoder_cell.build((batch, self.latent_dim))
+        self.decoder_cell.build((batch, self.build_decoder_step_input((batch, self.latent_dim))))
         self.writer.build(decoder_state_shape)
         self.built = True
+
+    # -- hooks for subclasses ----------------------------------------------------
+
+    def make_reader(self):
+        """The read layer (``FilterbankRead``), or None for an encoder that
+        reads no glimpse (then ``encoder_step_inputs`` gets None for it)."""
+        return FilterbankRead(self.read_size, attention=self.read_attention, name="read")
+
+    def build_image_context(self, images_shape):
+        """Build what ``image_context`` uses; return the size it adds to every
+        encoder step's input (``encoder_step_inputs``). None here: 0."""
+        return 0
+
+    def image_context(self, images, training):
+        """``(context, outputs)``, computed once per image: ``context`` is
+        passed to ``encoder_step_inputs`` at every step, ``outputs`` (a dict)
+        is added to what ``reconstruct`` returns. None here: ``({}, {})``."""
+        return {}, {}
+
+    def encoder_step_inputs(self, glimpse_features, decoder_h, context):
+        """The tensors the encoder reads at one step, concatenated in this
+        order: DRAW's ``[r_t, h_dec_{t-1}]`` (``r_t`` through the CNN, for
+        DCRW), plus whatever a subclass adds from ``context``."""
+        return [glimpse_features, decoder_h]
+
+    def build_decoder_step_input(self, z_shape):
+        """Build the block between z_t and the decoder LSTM; return the size
+        of what it gives the LSTM. None here: z_t itself."""
+        return z_shape[-1]
+
+    def decoder_step_input(self, z, training):
+        """What the decoder LSTM reads at one step: z_t itself here."""
+        return ops.cast(z, self.compute_dtype)
 
     # -- the recurrence --------------------------------------------------------
 
@@ -171,31 +218,39 @@ class RecurrentWriter(keras.Model):
     def _posterior(self, encoding):
         return self.posterior_mean(encoding), self.posterior_log_std(encoding)
 
-    def _encode_step(self, images, canvas, decoder_h, encoder_state):
+    def _encode_step(self, images, canvas, decoder_h, encoder_state, context):
         """``(h_enc_t, encoder_state)`` of one step (eqs. 7-9)."""
-        error_images = images - ops.sigmoid(canvas)
-        glimpse = self.reader(images, error_images, decoder_h)
+        features = None
+        if self.reader is not None:
+            error_images = images - ops.sigmoid(canvas)
+            glimpse = self.reader(images, error_images, decoder_h)
+            if self.encoder == "lstm":
+                features = ops.cast(ops.reshape(glimpse, (ops.shape(glimpse)[0], -1)), self.compute_dtype)
+            else:
+                features = self.encoder_cnn(ops.cast(glimpse, self.compute_dtype))
+        inputs = ops.concatenate(
+            [ops.cast(t, self.compute_dtype) for t in self.encoder_step_inputs(features, decoder_h, context)],
+            axis=-1,
+        )
         if self.encoder == "lstm":
-            flat = ops.reshape(glimpse, (ops.shape(glimpse)[0], -1))
-            inputs = ops.concatenate([ops.cast(flat, self.compute_dtype), decoder_h], axis=-1)
-            encoding, encoder_state = self.encoder_cell(inputs, encoder_state)
-            return encoding, encoder_state
-        features = self.encoder_cnn(ops.cast(glimpse, self.compute_dtype))
-        return ops.concatenate([features, decoder_h], axis=-1), encoder_state
+            return self.encoder_cell(inputs, encoder_state)
+        return inputs, encoder_state
 
-    def _write_step(self, z, canvas, decoder_state):
+    def _write_step(self, z, canvas, decoder_state, training=False):
         """One decoder step (eqs. 11-12): ``h_dec_t = LSTM(h_dec_{t-1}, z_t)``,
         ``c_t = c_{t-1} + write(h_dec_t)``. Returns ``(c_t, decoder_state,
         write_window)``; ``decoder_state[0]`` is ``h_dec_t``."""
-        decoder_h, decoder_state = self.decoder_cell(ops.cast(z, self.compute_dtype), decoder_state)
+        decoder_h, decoder_state = self.decoder_cell(self.decoder_step_input(z, training), decoder_state)
         update, window = self.writer(decoder_h, return_window=True)
         return canvas + ops.cast(update, "float32"), decoder_state, window
 
-    def reconstruct(self, images, noise):
+    def reconstruct(self, images, noise, training=False):
         """Encode and decode with given posterior noise ``(batch, T, latent_dim)``.
 
-        Deterministic; ``call`` draws the noise. Returns the canvas logits
-        c_T and Lz per image (nats).
+        Deterministic; ``call`` draws the noise. Returns a dict:
+        ``canvas_logits`` c_T, ``reconstruction`` sigmoid(c_T) and
+        ``latent_kl`` Lz per image (nats), plus a subclass's
+        ``image_context`` outputs.
         """
         check_images(self, images, "with values in {0, 1}",
                      "Use caps_zoo.data.load(..., binarize='stochastic' or 'fixed').")
@@ -206,6 +261,7 @@ class RecurrentWriter(keras.Model):
         encoder_state = None
         if self.encoder == "lstm":
             encoder_state = [self._zero_state(batch, self.encoder_units)] * 2
+        context, context_outputs = self.image_context(images, training)
         if self.encode_once:
             once = self._posterior(self.encoder_cnn(ops.cast(images, self.compute_dtype)))
         latent_kl = ops.zeros((batch,), dtype="float32")
@@ -214,22 +270,22 @@ class RecurrentWriter(keras.Model):
                 mean, log_std = once
             else:
                 encoding, encoder_state = self._encode_step(
-                    images, canvas, decoder_state[0], encoder_state
+                    images, canvas, decoder_state[0], encoder_state, context
                 )
                 mean, log_std = self._posterior(encoding)
             latent_kl = latent_kl + losses.gaussian_kl_nats(mean, log_std)
             z = mean + ops.exp(log_std) * noise[:, step]
-            canvas, decoder_state, _ = self._write_step(z, canvas, decoder_state)
-        return canvas, latent_kl
-
-    def call(self, images, training=False):
-        noise = replica_normal((ops.shape(images)[0], self.steps, self.latent_dim), self.noise_seed)
-        canvas, latent_kl = self.reconstruct(images, noise)
+            canvas, decoder_state, _ = self._write_step(z, canvas, decoder_state, training)
         return {
             "reconstruction": ops.sigmoid(canvas),
             "canvas_logits": canvas,
             "latent_kl": latent_kl,
+            **context_outputs,
         }
+
+    def call(self, images, training=False):
+        noise = replica_normal((ops.shape(images)[0], self.steps, self.latent_dim), self.noise_seed)
+        return self.reconstruct(images, noise, training=training)
 
     def generate(self, noise, return_sequence=False):
         """Draw from prior noise ``(n, T', latent_dim)``; T' may differ from T.
@@ -289,12 +345,7 @@ class RecurrentWriter(keras.Model):
             return {"images": self.generate(noise)}
 
         def reconstruct(images, noise):
-            canvas, latent_kl = self.reconstruct(images, noise)
-            return {
-                "reconstruction": ops.sigmoid(canvas),
-                "canvas_logits": canvas,
-                "latent_kl": latent_kl,
-            }
+            return self.reconstruct(images, noise)
 
         noise = tf.TensorSpec([None, self.steps, self.latent_dim], tf.float32, name="noise")
         images = tf.TensorSpec([None, *self.image_shape], tf.float32, name="images")
@@ -302,39 +353,14 @@ class RecurrentWriter(keras.Model):
 
     # -- training --------------------------------------------------------------
 
-    @property
-    def metrics(self):
-        return [self.loss_tracker, self.reconstruction_tracker, self.kl_tracker]
-
-    def _nats_per_image(self, images, training):
-        images, _, sample_weight = keras.utils.unpack_x_y_sample_weight(images)
-        if sample_weight is not None:
-            raise ValueError("RecurrentWriter does not support sample weights.")
+    def forward_with_loss_terms(self, images, labels, training):
+        """Outputs and the terms of the negative lower bound, nats per image:
+        ``reconstruction_nll`` (Lx) and ``latent_kl`` (Lz). Labels are not used."""
         outputs = self(images, training=training)
-        reconstruction = losses.bernoulli_nll_nats(images, outputs["canvas_logits"])
-        return reconstruction, outputs["latent_kl"]
-
-    def _update_metrics(self, reconstruction, latent_kl):
-        # Unscaled per-replica values: Mean aggregates over replicas.
-        self.loss_tracker.update_state(reconstruction + latent_kl)
-        self.reconstruction_tracker.update_state(reconstruction)
-        self.kl_tracker.update_state(latent_kl)
-        return {metric.name: metric.result() for metric in self.metrics}
-
-    def train_step(self, data):
-        with tf.GradientTape() as tape:
-            reconstruction, latent_kl = self._nats_per_image(data, training=True)
-            loss = ops.mean(reconstruction + latent_kl)
-            # Gradients are summed over replicas: each replica contributes
-            # its share of the global mean.
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            scaled_loss = self.optimizer.scale_loss(loss / replicas)
-        gradients = tape.gradient(scaled_loss, self.trainable_variables)
-        self.optimizer.apply(gradients, self.trainable_variables)
-        return self._update_metrics(reconstruction, latent_kl)
-
-    def test_step(self, data):
-        return self._update_metrics(*self._nats_per_image(data, training=False))
+        return outputs, {
+            "reconstruction_nll": losses.bernoulli_nll_nats(images, outputs["canvas_logits"]),
+            "latent_kl": outputs["latent_kl"],
+        }
 
     def get_config(self):
         config = super().get_config()

@@ -34,7 +34,8 @@ import tensorflow as tf
 from keras import ops
 
 from caps_zoo import losses
-from caps_zoo.layers import Length, Mask, PrimaryCaps, RoutingCaps
+from caps_zoo.layers import CapsuleStack, Length, Mask
+from caps_zoo.models.base import LossTermsModel
 from caps_zoo.models.builder import build_compiled, check_images
 from caps_zoo.registry import register_model
 
@@ -43,8 +44,8 @@ CLASS_CAPSULE_INIT_SCALE = 0.3
 
 
 @keras.saving.register_keras_serializable(package="caps_zoo")
-class CapsuleNetwork(keras.Model):
-    """Convolutions, primary capsules, routing stages, decoder.
+class CapsuleNetwork(LossTermsModel):
+    """Convolutions, primary capsules, routing stages (one ``CapsuleStack``), decoder.
 
     Args:
         image_shape: ``(height, width, channels)`` of the float images in [0, 1].
@@ -58,7 +59,14 @@ class CapsuleNetwork(keras.Model):
         stop_gradient_in_routing: see ``RoutingCaps``.
         decoder_units: hidden sizes of the reconstruction decoder.
         reconstruction_weight: weight of the summed squared error.
+
+    Loss terms (per image, logged under these names): ``margin_loss`` (eq. 4
+    of Sabour et al., summed over classes) and ``reconstruction_squared_error``
+    (``reconstruction_weight`` x the sum of squared pixel errors of the
+    decoder, the term as it enters the loss); ``loss`` is their sum.
     """
+
+    LOSS_TERMS = ("margin_loss", "reconstruction_squared_error")
 
     def __init__(
         self,
@@ -77,67 +85,25 @@ class CapsuleNetwork(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        routing_capsules = tuple(tuple(int(v) for v in stage) for stage in routing_capsules)
-        if isinstance(routing_iterations, int):
-            routing_iterations = (routing_iterations,) * len(routing_capsules)
-        routing_iterations = tuple(int(r) for r in routing_iterations)
-        if len(conv_filters) != len(conv_kernel_sizes):
-            raise ValueError(
-                f"conv_filters {tuple(conv_filters)} and conv_kernel_sizes "
-                f"{tuple(conv_kernel_sizes)} must have the same length."
-            )
-        if not routing_capsules:
-            raise ValueError("routing_capsules needs at least one stage.")
-        if len(routing_iterations) != len(routing_capsules):
-            raise ValueError(
-                f"routing_iterations {routing_iterations} needs one entry per routing "
-                f"stage ({len(routing_capsules)} stages: {routing_capsules})."
-            )
         self.image_shape = tuple(int(v) for v in image_shape)
-        self.conv_filters = tuple(int(v) for v in conv_filters)
-        self.conv_kernel_sizes = tuple(int(v) for v in conv_kernel_sizes)
-        self.primary_capsule_types = int(primary_capsule_types)
-        self.primary_capsule_dim = int(primary_capsule_dim)
-        self.primary_kernel_size = int(primary_kernel_size)
-        self.primary_strides = int(primary_strides)
-        self.routing_capsules = routing_capsules
-        self.routing_iterations = routing_iterations
-        self.stop_gradient_in_routing = bool(stop_gradient_in_routing)
         self.decoder_units = tuple(int(v) for v in decoder_units)
         self.reconstruction_weight = float(reconstruction_weight)
-        self.num_classes = routing_capsules[-1][0]
-
-        self.convs = [
-            keras.layers.Conv2D(
-                filters, size, activation="relu", kernel_initializer="he_normal", name=f"conv{index + 1}"
-            )
-            for index, (filters, size) in enumerate(zip(self.conv_filters, self.conv_kernel_sizes))
-        ]
-        self.primary_caps = PrimaryCaps(
-            self.primary_capsule_types,
-            self.primary_capsule_dim,
-            kernel_size=self.primary_kernel_size,
-            strides=self.primary_strides,
-            name="primary_caps",
+        # The stack checks and normalises the capsule arguments.
+        self.capsules = CapsuleStack(
+            conv_filters=conv_filters,
+            conv_kernel_sizes=conv_kernel_sizes,
+            primary_capsule_types=primary_capsule_types,
+            primary_capsule_dim=primary_capsule_dim,
+            primary_kernel_size=primary_kernel_size,
+            primary_strides=primary_strides,
+            routing_capsules=routing_capsules,
+            routing_iterations=routing_iterations,
+            stop_gradient_in_routing=stop_gradient_in_routing,
+            last_stage_init_scale=CLASS_CAPSULE_INIT_SCALE,
+            last_stage_name="digit_caps",
+            name="capsules",
         )
-        stage_names = [f"routing_caps{i + 1}" for i in range(len(routing_capsules) - 1)]
-        stage_names.append("digit_caps")
-        self.routing_stages = [
-            RoutingCaps(
-                num_capsules,
-                capsule_dim,
-                routing_iterations=iterations,
-                stop_gradient_in_routing=self.stop_gradient_in_routing,
-                # Class capsules start short (below the margin m- = 0.1), so
-                # the absent-class term of the margin loss does not first
-                # push every capsule to zero, where squash's gradient dies.
-                init_scale=CLASS_CAPSULE_INIT_SCALE if name == "digit_caps" else 1.0,
-                name=name,
-            )
-            for (num_capsules, capsule_dim), iterations, name in zip(
-                routing_capsules, routing_iterations, stage_names
-            )
-        ]
+        self.num_classes = self.capsules.num_capsules
         self.length = Length(name="length")
         self.mask = Mask(name="mask")
         pixels = self.image_shape[0] * self.image_shape[1] * self.image_shape[2]
@@ -146,41 +112,40 @@ class CapsuleNetwork(keras.Model):
                 keras.layers.Dense(units, activation="relu", name=f"hidden{index + 1}")
                 for index, units in enumerate(self.decoder_units)
             ]
-            # float32 output: the reconstruction loss sums 784 squared errors.
+            # float32 output: the reconstruction error sums 784 squared errors.
             + [keras.layers.Dense(pixels, activation="sigmoid", dtype="float32", name="pixels")],
             name="decoder",
         )
-
-        self.loss_tracker = keras.metrics.Mean(name="loss")
-        self.margin_loss_tracker = keras.metrics.Mean(name="margin_loss")
-        self.reconstruction_loss_tracker = keras.metrics.Mean(name="reconstruction_loss")
         self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+
+    # The stack's layers, by the names the rest of the zoo uses.
+    convs = property(lambda self: self.capsules.convs)
+    primary_caps = property(lambda self: self.capsules.primary_caps)
+    routing_stages = property(lambda self: self.capsules.routing_stages)
+    routing_capsules = property(lambda self: self.capsules.routing_capsules)
+    routing_iterations = property(lambda self: self.capsules.routing_iterations)
+    stop_gradient_in_routing = property(lambda self: self.capsules.stop_gradient_in_routing)
+
+    def current_weight_path(self, stored_path):
+        # Until 2026-12-01 the convolutions, primary capsules and routing
+        # stages were the model's own layers; now they are the CapsuleStack's.
+        if stored_path.startswith(("conv", "primary_caps/", "routing_caps", "digit_caps/")):
+            return f"{self.capsules.name}/{stored_path}"
+        return stored_path
 
     # -- building and the forward pass -------------------------------------
 
     def build(self, input_shape=None):
         shape = (None,) + self.image_shape
-        for conv in self.convs:
-            conv.build(shape)
-            shape = conv.compute_output_shape(shape)
-        self.primary_caps.build(shape)
-        shape = self.primary_caps.compute_output_shape(shape)
-        for stage in self.routing_stages:
-            stage.build(shape)
-            shape = stage.compute_output_shape(shape)
+        self.capsules.build(shape)
+        shape = self.capsules.compute_output_shape(shape)
         self.decoder.build((None, shape[1] * shape[2]))
         self.built = True
 
     def encode(self, images, training=False):
         """Images to class capsules ``(batch, num_classes, capsule_dim)``."""
         check_images(self, images)
-        features = images
-        for conv in self.convs:
-            features = conv(features)
-        capsules = self.primary_caps(features)
-        for stage in self.routing_stages:
-            capsules = stage(capsules, training=training)
-        return capsules
+        return self.capsules(images, training=training)
 
     def decode(self, poses, labels=None):
         """Reconstruct images from the capsule of ``labels`` (or the longest)."""
@@ -206,80 +171,35 @@ class CapsuleNetwork(keras.Model):
         images = tf.TensorSpec([None, *self.image_shape], tf.float32, name="images")
         return {"classify": (classify, [images])}
 
-    # -- training -----------------------------------------------------------
+    # -- training: the step is LossTermsModel's ---------------------------------
+
+    def forward_with_loss_terms(self, images, labels, training):
+        """Outputs (the decoder masked by the true ``labels``) and the loss terms."""
+        outputs = self(images, training=training, labels=labels)
+        return outputs, {
+            "margin_loss": losses.margin_loss(labels, outputs["scores"]),
+            "reconstruction_squared_error": losses.reconstruction_squared_error(
+                images, outputs["reconstruction"], self.reconstruction_weight
+            ),
+        }
 
     @property
-    def metrics(self):
-        # The model's own losses and accuracy; compile(loss=, metrics=) are
-        # not used by train_step.
-        return [
-            self.loss_tracker,
-            self.margin_loss_tracker,
-            self.reconstruction_loss_tracker,
-            self.accuracy_tracker,
-        ]
+    def extra_metrics(self):
+        return [self.accuracy_tracker]
 
-    def _forward_with_losses(self, images, labels, training):
-        outputs = self(images, training=training, labels=labels)
-        margin = losses.margin_loss(labels, outputs["scores"])
-        reconstruction = losses.reconstruction_loss(
-            images, outputs["reconstruction"], self.reconstruction_weight
-        )
-        return outputs, margin, reconstruction
-
-    def _update_metrics(self, labels, outputs, margin, reconstruction):
-        # Unscaled per-replica means: Mean sums totals and counts across
-        # replicas, so the reported value is the global batch mean.
-        self.loss_tracker.update_state(margin + reconstruction)
-        self.margin_loss_tracker.update_state(margin)
-        self.reconstruction_loss_tracker.update_state(reconstruction)
-        class_ids = labels
-        if len(labels.shape) == 2 and labels.shape[-1] == self.num_classes:
-            class_ids = ops.argmax(labels, axis=-1)  # one-hot targets
-        self.accuracy_tracker.update_state(class_ids, outputs["scores"])
-        return {metric.name: metric.result() for metric in self.metrics}
-
-    @staticmethod
-    def _unpack(data):
-        images, labels, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        if sample_weight is not None:
-            raise ValueError(
-                "CapsuleNetwork does not support sample weights: its loss is the mean "
-                "margin + reconstruction loss over the batch."
-            )
-        return images, labels
-
-    def train_step(self, data):
-        images, labels = self._unpack(data)
-        with tf.GradientTape() as tape:
-            outputs, margin, reconstruction = self._forward_with_losses(images, labels, training=True)
-            loss = ops.mean(margin + reconstruction)
-            # The optimizer sums gradients over replicas, so each replica's
-            # share of the global mean is its local mean / replica count.
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            scaled_loss = self.optimizer.scale_loss(loss / replicas)
-        gradients = tape.gradient(scaled_loss, self.trainable_variables)
-        self.optimizer.apply(gradients, self.trainable_variables)
-        return self._update_metrics(labels, outputs, margin, reconstruction)
-
-    def test_step(self, data):
-        images, labels = self._unpack(data)
-        outputs, margin, reconstruction = self._forward_with_losses(images, labels, training=False)
-        return self._update_metrics(labels, outputs, margin, reconstruction)
+    def update_extra_metrics(self, images, labels, outputs):
+        self.accuracy_tracker.update_state(losses.class_ids(labels, self.num_classes), outputs["scores"])
 
     def get_config(self):
         config = super().get_config()
+        stack = self.capsules.get_config()
         config.update(
             image_shape=self.image_shape,
-            conv_filters=self.conv_filters,
-            conv_kernel_sizes=self.conv_kernel_sizes,
-            primary_capsule_types=self.primary_capsule_types,
-            primary_capsule_dim=self.primary_capsule_dim,
-            primary_kernel_size=self.primary_kernel_size,
-            primary_strides=self.primary_strides,
-            routing_capsules=self.routing_capsules,
-            routing_iterations=self.routing_iterations,
-            stop_gradient_in_routing=self.stop_gradient_in_routing,
+            **{key: stack[key] for key in (
+                "conv_filters", "conv_kernel_sizes", "primary_capsule_types",
+                "primary_capsule_dim", "primary_kernel_size", "primary_strides",
+                "routing_capsules", "routing_iterations", "stop_gradient_in_routing",
+            )},
             decoder_units=self.decoder_units,
             reconstruction_weight=self.reconstruction_weight,
         )

@@ -35,9 +35,12 @@ The discriminator is DCGAN's: strided 5x5 convolutions with the generator's
 filters in reverse (40, then 80 for MNIST), batch normalisation after all but
 the first, LeakyReLU(0.2), and one dense logit.
 
-Training (``train_step``): one discriminator step on a real and a generated
-batch, then one generator step with the non-saturating loss of eq. 2
-(``-log D(G(z))``), each with its own Adam optimizer and learning rate.
+Training (``AdversarialModel.train_step``): one discriminator step on a real
+and a generated batch, then one generator step with the non-saturating loss
+of eq. 2 (``-log D(G(z))``) on a newly generated batch, each with its own
+Adam optimizer and learning rate. Logged: ``discriminator_loss``,
+``generator_loss``, and D's accuracy on the real (``real_accuracy``) and the
+generated (``fake_accuracy``) batch of its step.
 """
 
 import keras
@@ -45,6 +48,7 @@ import tensorflow as tf
 from keras import ops
 
 from caps_zoo import losses
+from caps_zoo.models.base import AdversarialModel, GenerativeModel
 from caps_zoo.models.builder import build_compiled, check_images, replica_normal
 from caps_zoo.registry import register_model
 
@@ -259,7 +263,7 @@ def dcgan_discriminator(image_shape, filters, kernel_size=5, leaky_relu_slope=0.
 
 
 @keras.saving.register_keras_serializable(package="caps_zoo")
-class RecurrentAdversarialNetwork(keras.Model):
+class RecurrentAdversarialNetwork(GenerativeModel, AdversarialModel):
     """GRAN: ``RecurrentCanvasGenerator`` G and a DCGAN discriminator D.
 
     Args: those of ``RecurrentCanvasGenerator`` (the generator's), plus
@@ -273,6 +277,11 @@ class RecurrentAdversarialNetwork(keras.Model):
     DCGAN's). Calling the model on noise generates images;
     ``discriminate(images)`` gives D's probability that images are real.
     """
+
+    DISCRIMINATOR_TERMS = ("discriminator_loss",)
+    # D's accuracy on the real batch (judged real) and on G's (judged fake).
+    DISCRIMINATOR_DIAGNOSTICS = ("real_accuracy", "fake_accuracy")
+    GENERATOR_TERMS = ("generator_loss",)
 
     def __init__(
         self,
@@ -304,12 +313,6 @@ class RecurrentAdversarialNetwork(keras.Model):
             self.image_shape, self.discriminator_filters, kernel_size, self.leaky_relu_slope
         )
         self.noise_seed = keras.random.SeedGenerator(seed, name="noise_seed")
-        self.discriminator_optimizer = None
-        self.discriminator_loss_tracker = keras.metrics.Mean(name="discriminator_loss")
-        self.generator_loss_tracker = keras.metrics.Mean(name="generator_loss")
-        # D's accuracy on real images (judged real) and on G's (judged fake).
-        self.real_accuracy_tracker = keras.metrics.Mean(name="real_accuracy")
-        self.fake_accuracy_tracker = keras.metrics.Mean(name="fake_accuracy")
 
     def build(self, input_shape=None):
         self.generator.build()
@@ -361,94 +364,39 @@ class RecurrentAdversarialNetwork(keras.Model):
         images = tf.TensorSpec([None, *self.image_shape], tf.float32, name="images")
         return {"generate": (generate, [noise]), "discriminate": (discriminate, [images])}
 
-    # -- training ---------------------------------------------------------------
+    # -- training: the steps are AdversarialModel's ---------------------------------
 
-    def compile(self, optimizer=None, discriminator_optimizer=None, **kwargs):
-        super().compile(optimizer=optimizer or dcgan_adam(), **kwargs)
-        self.discriminator_optimizer = keras.optimizers.get(discriminator_optimizer or dcgan_adam())
-        if self.built:
-            # Slots now: under a tf.distribute strategy they must be made
-            # in its scope (here), not in a replica context (train_step).
-            self.optimizer.build(self.generator.trainable_variables)
-            self.discriminator_optimizer.build(self.discriminator.trainable_variables)
+    def default_optimizer(self):
+        return dcgan_adam()
 
-    def get_compile_config(self):
-        config = super().get_compile_config() or {}
-        if self.discriminator_optimizer is not None:
-            config["discriminator_optimizer"] = keras.saving.serialize_keras_object(
-                self.discriminator_optimizer
-            )
-        return config
+    def default_discriminator_optimizer(self):
+        return dcgan_adam()
 
-    def compile_from_config(self, config):
-        # Keras skips a custom compile() on load; this one restores both
-        # optimizers and the rest of the compile arguments.
-        config = dict(config)
-        discriminator = config.pop("discriminator_optimizer", None)
-        config = keras.saving.deserialize_keras_object(config)
-        if discriminator is not None:
-            discriminator = keras.saving.deserialize_keras_object(discriminator)
-        self.compile(discriminator_optimizer=discriminator, **config)
+    def generator_variables(self):
+        return self.generator.trainable_variables
 
-    @property
-    def metrics(self):
-        return [
-            self.discriminator_loss_tracker,
-            self.generator_loss_tracker,
-            self.real_accuracy_tracker,
-            self.fake_accuracy_tracker,
-        ]
+    def discriminator_variables(self):
+        return self.discriminator.trainable_variables
 
-    def _real_images(self, data):
-        images, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        if sample_weight is not None:
-            raise ValueError("RecurrentAdversarialNetwork does not support sample weights.")
-        check_images(self, images)
-        return images
+    def _generated_logits(self, batch, training):
+        """D's logits on a batch G generates now."""
+        fake_images = self.generator(self.prior_noise(batch), training=training)
+        return self.discriminator(fake_images, training=training)[:, 0]
 
-    def _real_and_fake_logits(self, real_images, training):
-        """D's logits on a real batch and on a batch G generates now."""
-        fake_images = self.generator(self.prior_noise(ops.shape(real_images)[0]), training=training)
+    def discriminator_loss_terms(self, real_images, training):
+        check_images(self, real_images)
         real_logits = self.discriminator(real_images, training=training)[:, 0]
-        fake_logits = self.discriminator(fake_images, training=training)[:, 0]
-        return real_logits, fake_logits
+        fake_logits = self._generated_logits(ops.shape(real_images)[0], training)
+        terms = {"discriminator_loss": losses.discriminator_loss(real_logits, fake_logits)}
+        diagnostics = {
+            "real_accuracy": ops.cast(real_logits >= 0, "float32"),
+            "fake_accuracy": ops.cast(fake_logits < 0, "float32"),
+        }
+        return terms, diagnostics
 
-    def _update_metrics(self, real_logits, fake_logits, generator_fake_logits=None):
-        """D's loss and accuracies from the logits it was trained (or tested) on;
-        G's loss from the logits of G's own step (default: the same)."""
-        if generator_fake_logits is None:
-            generator_fake_logits = fake_logits
-        # Unscaled per-replica values; Mean aggregates over replicas.
-        self.discriminator_loss_tracker.update_state(losses.discriminator_loss(real_logits, fake_logits))
-        self.generator_loss_tracker.update_state(losses.generator_loss(generator_fake_logits))
-        self.real_accuracy_tracker.update_state(ops.cast(real_logits >= 0, "float32"))
-        self.fake_accuracy_tracker.update_state(ops.cast(fake_logits < 0, "float32"))
-        return {metric.name: metric.result() for metric in self.metrics}
-
-    def train_step(self, data):
-        real_images = self._real_images(data)
-        # Gradients are summed over replicas: each contributes its share.
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        discriminator_variables = self.discriminator.trainable_variables
-        with tf.GradientTape() as tape:
-            real_logits, fake_logits = self._real_and_fake_logits(real_images, training=True)
-            loss = ops.mean(losses.discriminator_loss(real_logits, fake_logits)) / replicas
-            scaled = self.discriminator_optimizer.scale_loss(loss)
-        gradients = tape.gradient(scaled, discriminator_variables)
-        self.discriminator_optimizer.apply(gradients, discriminator_variables)
-
-        generator_variables = self.generator.trainable_variables
-        with tf.GradientTape() as tape:
-            fake_images = self.generator(self.prior_noise(ops.shape(real_images)[0]), training=True)
-            generator_fake_logits = self.discriminator(fake_images, training=True)[:, 0]
-            loss = ops.mean(losses.generator_loss(generator_fake_logits)) / replicas
-            scaled = self.optimizer.scale_loss(loss)
-        gradients = tape.gradient(scaled, generator_variables)
-        self.optimizer.apply(gradients, generator_variables)
-        return self._update_metrics(real_logits, fake_logits, generator_fake_logits)
-
-    def test_step(self, data):
-        return self._update_metrics(*self._real_and_fake_logits(self._real_images(data), training=False))
+    def generator_loss_terms(self, real_images, training):
+        fake_logits = self._generated_logits(ops.shape(real_images)[0], training)
+        return {"generator_loss": losses.generator_loss(fake_logits)}, {}
 
     def get_config(self):
         config = super().get_config()

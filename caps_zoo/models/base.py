@@ -1,0 +1,305 @@
+"""The base classes of the zoo's models: one training step, written once.
+
+Keras' trainer contract (the model owns ``train_step``, ``test_step`` and
+the ``metrics`` property) with the zoo's conventions filled in:
+
+- ``ZooModel``: what every zoo model declares instead of being probed for
+  it: ``named_optimizers()`` (what the training callbacks schedule and
+  ``BackupAndRestore`` saves) and ``serving_endpoints()`` (``caps_zoo.export``).
+- ``GenerativeModel``: a mixin for models that draw from a prior:
+  ``sample(n, steps=None, seed=None)`` returning numpy arrays with at least
+  ``images``.
+- ``LossTermsModel``: one network, one optimizer, a loss that is the batch
+  mean of a sum of named per-example terms (CapsNet: margin + reconstruction
+  squared error; the writers: Lx + Lz). The subclass says how to compute the
+  terms (``forward_with_loss_terms``); the base unpacks the batch, refuses
+  sample weights, scales the loss for the replica count, applies the
+  gradients and tracks one mean per term plus their sum, ``loss``.
+- ``AdversarialModel``: two networks trained in turn by two optimizers
+  (``optimizer`` for the generator side, ``discriminator_optimizer``), each
+  step on its own named terms, with both optimizers round-tripped by
+  ``get_compile_config`` / ``compile_from_config``.
+
+Why per-example terms: every term is tracked with ``keras.metrics.Mean``,
+which sums totals and counts over replicas, so a MirroredStrategy run
+reports the global batch mean, unscaled, while the optimizer (which sums
+gradients over replicas) is given each replica's share, ``mean / replicas``.
+"""
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+TOTAL_LOSS = "loss"
+
+
+def descend(optimizer, variables, compute_terms, weights=None):
+    """One optimizer step on the batch mean of the summed loss terms.
+
+    ``compute_terms()`` runs inside the gradient tape and returns ``(terms,
+    extra)``: ``terms`` a dict of per-example losses ``(batch,)``, summed into
+    the loss (times ``weights[name]``, default 1); ``extra`` anything the
+    caller wants back (outputs, diagnostics). Returns ``(terms, extra)``.
+    """
+    with tf.GradientTape() as tape:
+        terms, extra = compute_terms()
+        loss = ops.mean(sum_terms(terms, weights))
+        # The optimizer sums gradients over replicas, so each replica's
+        # share of the global mean is its local mean / replica count.
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        scaled_loss = optimizer.scale_loss(loss / replicas)
+    gradients = tape.gradient(scaled_loss, variables)
+    optimizer.apply(gradients, variables)
+    return terms, extra
+
+
+def sum_terms(terms, weights=None):
+    """The per-example sum of a dict of per-example loss terms, float32,
+    each times ``weights[name]`` (default 1)."""
+    weights = weights or {}
+    values = [ops.cast(value, "float32") * weights.get(name, 1.0) for name, value in terms.items()]
+    total = values[0]
+    for value in values[1:]:
+        total = total + value
+    return total
+
+
+class TermMeans:
+    """One ``keras.metrics.Mean`` per declared name; ``update`` checks that a
+    step returned exactly the declared names (a subclass that computes a
+    term it did not declare, or forgets one, fails loudly at trace time)."""
+
+    def __init__(self, names):
+        if len(set(names)) != len(names):
+            raise ValueError(f"metric names must be unique; got {names}.")
+        self.names = tuple(names)
+        self.means = {name: keras.metrics.Mean(name=name) for name in self.names}
+
+    def update(self, values, names=None):
+        expected = set(self.names if names is None else names)
+        if set(values) != expected:
+            raise ValueError(
+                f"a step computed {sorted(values)}, but the model declares {sorted(expected)}."
+            )
+        for name, value in values.items():
+            self.means[name].update_state(value)
+
+    @property
+    def metrics(self):
+        return list(self.means.values())
+
+
+class ZooModel(keras.Model):
+    """What every zoo model declares (see the module docstring)."""
+
+    def named_optimizers(self):
+        """``{compile argument: optimizer}`` of the compiled model."""
+        return {"optimizer": self.optimizer}
+
+    def serving_endpoints(self):
+        """``{name: (function, input_signature)}`` for ``caps_zoo.export``."""
+        raise NotImplementedError(f"{type(self).__name__} defines no serving endpoints.")
+
+    def current_weight_path(self, stored_path):
+        """The variable path of today's model that a weights file written by
+        an earlier version stored as ``stored_path`` (relative to the model).
+        Identity unless a model's layers moved (see CapsuleNetwork)."""
+        return stored_path
+
+    def unpack_batch(self, data):
+        """``(x, y)`` of a batch; sample weights are refused, since every loss
+        of the zoo is a plain batch mean of its terms."""
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if sample_weight is not None:
+            raise ValueError(
+                f"{type(self).__name__} does not support sample weights: its loss is the "
+                "batch mean of its loss terms."
+            )
+        return x, y
+
+
+class GenerativeModel:
+    """Mixin of the models that draw images from a prior."""
+
+    def sample(self, n, steps=None, seed=None):
+        """``n`` images from the prior: a dict of numpy arrays with ``images``."""
+        raise NotImplementedError
+
+
+class LossTermsModel(ZooModel):
+    """One network, one optimizer, a loss made of named per-example terms.
+
+    Subclasses set ``LOSS_TERMS`` (the names, in the order they are logged)
+    and implement ``forward_with_loss_terms(x, y, training) -> (outputs,
+    terms)``. Each term is logged as computed; ``loss`` is their sum, each
+    times its ``loss_term_weights()`` entry (default 1). Metrics that are not
+    losses (accuracy) come from ``extra_metrics`` / ``update_extra_metrics``.
+    """
+
+    LOSS_TERMS = ()
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if TOTAL_LOSS in self.LOSS_TERMS or not self.LOSS_TERMS:
+            raise ValueError(f"{type(self).__name__}.LOSS_TERMS must name its terms (not '{TOTAL_LOSS}').")
+        self.loss_means = TermMeans((TOTAL_LOSS, *self.LOSS_TERMS))
+
+    def forward_with_loss_terms(self, x, y, training):
+        raise NotImplementedError
+
+    def loss_term_weights(self):
+        """``{term: weight}`` of the terms not summed with weight 1."""
+        return {}
+
+    @property
+    def extra_metrics(self):
+        return []
+
+    def update_extra_metrics(self, x, y, outputs):
+        """Called after every train and test step with the step's outputs."""
+
+    @property
+    def metrics(self):
+        # The model's own losses and metrics; compile(loss=, metrics=) are
+        # not used by train_step.
+        return [*self.loss_means.metrics, *self.extra_metrics]
+
+    def _update_metrics(self, x, y, outputs, terms):
+        self.loss_means.update({TOTAL_LOSS: sum_terms(terms, self.loss_term_weights()), **terms})
+        self.update_extra_metrics(x, y, outputs)
+        return {metric.name: metric.result() for metric in self.metrics}
+
+    def train_step(self, data):
+        x, y = self.unpack_batch(data)
+
+        def compute_terms():
+            outputs, terms = self.forward_with_loss_terms(x, y, training=True)
+            return terms, outputs
+
+        terms, outputs = descend(
+            self.optimizer, self.trainable_variables, compute_terms, self.loss_term_weights()
+        )
+        return self._update_metrics(x, y, outputs, terms)
+
+    def test_step(self, data):
+        x, y = self.unpack_batch(data)
+        outputs, terms = self.forward_with_loss_terms(x, y, training=False)
+        return self._update_metrics(x, y, outputs, terms)
+
+
+class AdversarialModel(ZooModel):
+    """Two networks trained in turn, each by its own optimizer.
+
+    Every ``train_step`` runs one discriminator step, then one generator
+    step. Subclasses set the names of each step's loss terms and
+    diagnostics (per-example values that are tracked but not minimised,
+    such as D's accuracy), and implement:
+
+    - ``generator_variables()`` / ``discriminator_variables()``: what each
+      optimizer trains;
+    - ``discriminator_loss_terms(x, training)`` and
+      ``generator_loss_terms(x, training)``, each ``-> (terms, diagnostics)``
+      (two dicts of per-example values);
+    - ``default_optimizer()`` / ``default_discriminator_optimizer()``.
+
+    ``compile(optimizer=..., discriminator_optimizer=...)``; both survive a
+    ``.keras`` round trip.
+    """
+
+    DISCRIMINATOR_TERMS = ()
+    DISCRIMINATOR_DIAGNOSTICS = ()
+    GENERATOR_TERMS = ()
+    GENERATOR_DIAGNOSTICS = ()
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if not self.DISCRIMINATOR_TERMS or not self.GENERATOR_TERMS:
+            raise ValueError(f"{type(self).__name__} must name the loss terms of both steps.")
+        self.discriminator_optimizer = None
+        self.step_means = TermMeans(
+            (*self.DISCRIMINATOR_TERMS, *self.GENERATOR_TERMS,
+             *self.DISCRIMINATOR_DIAGNOSTICS, *self.GENERATOR_DIAGNOSTICS)
+        )
+
+    # -- what subclasses provide ------------------------------------------------
+
+    def generator_variables(self):
+        raise NotImplementedError
+
+    def discriminator_variables(self):
+        raise NotImplementedError
+
+    def discriminator_loss_terms(self, x, training):
+        raise NotImplementedError
+
+    def generator_loss_terms(self, x, training):
+        raise NotImplementedError
+
+    def default_optimizer(self):
+        return keras.optimizers.Adam(1e-3)
+
+    def default_discriminator_optimizer(self):
+        return keras.optimizers.Adam(1e-3)
+
+    # -- compiling ----------------------------------------------------------------
+
+    def compile(self, optimizer=None, discriminator_optimizer=None, **kwargs):
+        super().compile(optimizer=optimizer or self.default_optimizer(), **kwargs)
+        self.discriminator_optimizer = keras.optimizers.get(
+            discriminator_optimizer or self.default_discriminator_optimizer()
+        )
+        if self.built:
+            # Slots now: under a tf.distribute strategy they must be made
+            # in its scope (here), not in a replica context (train_step).
+            self.optimizer.build(self.generator_variables())
+            self.discriminator_optimizer.build(self.discriminator_variables())
+
+    def named_optimizers(self):
+        return {"optimizer": self.optimizer, "discriminator_optimizer": self.discriminator_optimizer}
+
+    def get_compile_config(self):
+        config = super().get_compile_config() or {}
+        if self.discriminator_optimizer is not None:
+            config["discriminator_optimizer"] = keras.saving.serialize_keras_object(
+                self.discriminator_optimizer
+            )
+        return config
+
+    def compile_from_config(self, config):
+        # Keras skips a custom compile() on load; this one restores both
+        # optimizers and the rest of the compile arguments.
+        config = dict(config)
+        discriminator = config.pop("discriminator_optimizer", None)
+        config = keras.saving.deserialize_keras_object(config)
+        if discriminator is not None:
+            discriminator = keras.saving.deserialize_keras_object(discriminator)
+        self.compile(discriminator_optimizer=discriminator, **config)
+
+    # -- the steps ----------------------------------------------------------------
+
+    @property
+    def metrics(self):
+        return self.step_means.metrics
+
+    def _result(self):
+        return {metric.name: metric.result() for metric in self.metrics}
+
+    def train_step(self, data):
+        x, _ = self.unpack_batch(data)
+        d_terms, d_diagnostics = descend(
+            self.discriminator_optimizer, self.discriminator_variables(),
+            lambda: self.discriminator_loss_terms(x, training=True),
+        )
+        g_terms, g_diagnostics = descend(
+            self.optimizer, self.generator_variables(),
+            lambda: self.generator_loss_terms(x, training=True),
+        )
+        self.step_means.update({**d_terms, **g_terms, **d_diagnostics, **g_diagnostics})
+        return self._result()
+
+    def test_step(self, data):
+        x, _ = self.unpack_batch(data)
+        d_terms, d_diagnostics = self.discriminator_loss_terms(x, training=False)
+        g_terms, g_diagnostics = self.generator_loss_terms(x, training=False)
+        self.step_means.update({**d_terms, **g_terms, **d_diagnostics, **g_diagnostics})
+        return self._result()

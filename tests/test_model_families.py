@@ -1,0 +1,319 @@
+"""The checks every registered model must pass, written once (as keras-hub's
+shared test case runs the same backbone and saving checks for every family).
+
+A family adds itself by adding its models to ``CASES``: a small configuration
+and the kind of batch it trains on. The checks go through the zoo's
+contracts only (``serving_endpoints()``, ``named_optimizers()``, the train
+step of ``caps_zoo.models.base``), so they hold for a new family without
+new test code. Family-specific behaviour (the papers' equations, shapes,
+drawing) stays in the family's own test module.
+"""
+
+import dataclasses
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import caps_zoo
+from caps_zoo import data, export, training
+from caps_zoo import weights as weights_io
+from caps_zoo.models.base import AdversarialModel, LossTermsModel
+from conftest import perturb_moving_statistics
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    overrides: dict
+    # What fit() is given: "labelled" (float images, class ids), "binary"
+    # (fixed-binarized images alone), "binary_labelled" (with class ids) or
+    # "images" (float images alone).
+    batch: str
+    # The serving endpoints that must convert to TFLite (builtin ops only).
+    tflite: tuple = ("classify",)
+    # Relative tolerance of the mirrored-vs-single-device loss: models that
+    # draw noise in their step report a slightly different loss every pass.
+    mirrored_rtol: float = 1e-4
+    # The registered name, for a case that is a variant (other overrides).
+    model: str = None
+    # Which checks run only with -m slow (the default run must stay short):
+    # "mirrored" for all but one model per base class and family, "all" for
+    # variants whose code path another case already runs.
+    slow: tuple = ()
+
+
+CASES = {
+    "capsnet": Case({}, "labelled"),
+    "deep_capsnet": Case({}, "labelled", slow=("mirrored",)),
+    # Small T keeps graph tracing fast; the recurrence is the same for T = 64.
+    "draw": Case({"steps": 3}, "binary", ("generate",), mirrored_rtol=0.05, slow=("mirrored",)),
+    "dcrw": Case({"steps": 3}, "binary", ("generate",), mirrored_rtol=0.05),
+    "dcrw_no_read_attention": Case({"steps": 3}, "binary", ("generate",), mirrored_rtol=0.05,
+                                   slow=("mirrored",)),
+    # D's batch norm sees per-replica batches under MirroredStrategy.
+    "gran1": Case({}, "images", ("generate",), mirrored_rtol=0.1),
+    "gran3": Case({}, "images", ("generate",), mirrored_rtol=0.1, slow=("mirrored",)),
+    "gran3_every_step": Case({"noise_mode": "every_step"}, "images", ("generate",), mirrored_rtol=0.1,
+                             model="gran3", slow=("mirrored", "all")),
+    "gran5": Case({}, "images", ("generate",), mirrored_rtol=0.1, slow=("mirrored", "all")),
+}
+
+
+def registered(name):
+    return CASES[name].model or name
+
+
+def case_params(check):
+    """The case names as pytest params, those slow for ``check`` marked slow."""
+    return [pytest.param(name, marks=pytest.mark.slow)
+            if check in CASES[name].slow or "all" in CASES[name].slow else name
+            for name in sorted(CASES)]
+
+
+def test_every_registered_model_has_a_case():
+    assert set(caps_zoo.list_models()) == {registered(name) for name in CASES}
+
+
+@pytest.fixture(scope="module")
+def mnist_batch():
+    images, labels = data.load_arrays("mnist_sample", "test")
+    images = (images[:64].astype("float32") / 255.0)[..., None]
+    labels = labels[:64].astype("int32")
+    return {
+        "labelled": (images, labels),
+        "binary": data.binarize_fixed(images),
+        "binary_labelled": (data.binarize_fixed(images), labels),
+        "images": images,
+    }
+
+
+def make(name, **overrides):
+    keras.utils.set_random_seed(0)
+    return caps_zoo.create_model(registered(name), **{**CASES[name].overrides, **overrides})
+
+
+def batch_for(name, mnist_batch, size):
+    batch = mnist_batch[CASES[name].batch]
+    return tuple(part[:size] for part in batch) if isinstance(batch, tuple) else batch[:size]
+
+
+def images_of(batch):
+    return batch[0] if isinstance(batch, tuple) else batch
+
+
+def endpoint_inputs(model, batch, seed=0):
+    """Fixed inputs for every serving endpoint, from its input signature:
+    the batch's images for ``images``, fixed normal noise otherwise."""
+    rng = np.random.default_rng(seed)
+    images = images_of(batch)[:4]
+    inputs = {}
+    for name, (_, signature) in model.serving_endpoints().items():
+        arguments = {}
+        for spec in signature:
+            if spec.name == "images":
+                arguments[spec.name] = images
+            else:
+                shape = (len(images), *spec.shape[1:])
+                arguments[spec.name] = rng.standard_normal(shape).astype("float32")
+        inputs[name] = arguments
+    return inputs
+
+
+def endpoint_outputs(model, inputs):
+    """``{endpoint: {output: numpy}}`` of the model's serving functions, for
+    the endpoints ``inputs`` has inputs for."""
+    results = {}
+    endpoints = model.serving_endpoints()
+    for name in inputs:
+        function, _ = endpoints[name]
+        outputs = function(**{key: tf.constant(value) for key, value in inputs[name].items()})
+        results[name] = {key: np.asarray(value) for key, value in outputs.items()}
+    return results
+
+
+def assert_same_outputs(actual, expected, atol=1e-5):
+    assert actual.keys() == expected.keys()
+    for endpoint in expected:
+        assert actual[endpoint].keys() == expected[endpoint].keys(), endpoint
+        for key, value in expected[endpoint].items():
+            np.testing.assert_allclose(actual[endpoint][key], value, atol=atol, rtol=0,
+                                       err_msg=f"{endpoint}/{key}")
+
+
+def declared_metric_names(model):
+    if isinstance(model, AdversarialModel):
+        return list(model.step_means.names)
+    return [metric.name for metric in model.metrics]
+
+
+@pytest.fixture(scope="module", params=case_params("round_trip"))
+def trained(request, mnist_batch):
+    """One model per family after one training step (optimizer slots), its
+    moving statistics perturbed, compiled with a non-default compile
+    argument, with a batch of its data."""
+    name = request.param
+    model = make(name)
+    # The model's own optimizers again, plus a compile argument to round-trip.
+    model.compile(
+        **{key: type(o).from_config(o.get_config()) for key, o in model.named_optimizers().items()},
+        steps_per_execution=2,
+    )
+    batch = batch_for(name, mnist_batch, 16)
+    model.fit(*(batch if isinstance(batch, tuple) else (batch,)), batch_size=16, epochs=1, verbose=0)
+    perturb_moving_statistics(model)
+    return name, model, batch
+
+
+def test_keras_round_trip_keeps_outputs_config_and_optimizers(trained, tmp_path):
+    name, model, batch = trained
+    path = tmp_path / f"{name}.keras"
+    model.save(path)
+    restored = keras.saving.load_model(path)  # no custom_objects: every class is registered
+    assert type(restored) is type(model)
+    assert restored.get_config() == model.get_config()
+    json.dumps(model.get_config())  # plain JSON
+    inputs = endpoint_inputs(model, batch)
+    assert_same_outputs(endpoint_outputs(restored, inputs), endpoint_outputs(model, inputs))
+    # Every optimizer comes back with its state (a GAN has two).
+    original, loaded = model.named_optimizers(), restored.named_optimizers()
+    assert original.keys() == loaded.keys()
+    for key in original:
+        assert type(loaded[key]) is type(original[key]), key
+        assert int(loaded[key].iterations) == int(original[key].iterations) == 1, key
+        assert loaded[key].get_config() == original[key].get_config(), key
+    assert restored.steps_per_execution == model.steps_per_execution == 2  # the rest of compile()
+
+
+def test_weights_file_round_trip_and_mismatch(trained, tmp_path):
+    name, model, batch = trained
+    path = weights_io.save_weights(model, tmp_path / f"{name}.weights.npz")
+    loaded = caps_zoo.load(registered(name), weights=str(path), **CASES[name].overrides)
+    inputs = endpoint_inputs(model, batch)
+    assert_same_outputs(endpoint_outputs(loaded, inputs), endpoint_outputs(model, inputs))
+    # Another architecture is refused by name, and the model is left as it was.
+    other = next(n for n in sorted(CASES) if n != name)
+    other_model = make(other)
+    before = [w.copy() for w in other_model.get_weights()]
+    with pytest.raises(weights_io.WeightsError, match="different architecture"):
+        weights_io.load_weights(other_model, path)
+    for expected, actual in zip(before, other_model.get_weights()):
+        np.testing.assert_array_equal(actual, expected)
+
+
+def test_one_train_step_moves_every_trainable_variable(name_and_batch):
+    name, batch = name_and_batch
+    model = make(name)
+    model.compile(**{key: keras.optimizers.SGD(0.1) for key in model.named_optimizers()})
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    model.train_on_batch(*(batch if isinstance(batch, tuple) else (batch,)))
+    for start, variable in zip(before, model.trainable_variables):
+        assert np.all(np.isfinite(variable.numpy())), variable.path
+        assert not np.array_equal(start, variable.numpy()), f"{variable.path} got no gradient"
+
+
+@pytest.fixture(params=case_params("step"))
+def name_and_batch(request, mnist_batch):
+    return request.param, batch_for(request.param, mnist_batch, 8)
+
+
+def test_metrics_are_the_declared_terms_and_loss_is_their_sum(name_and_batch):
+    name, batch = name_and_batch
+    model = make(name)
+    results = model.evaluate(*(batch if isinstance(batch, tuple) else (batch,)),
+                             return_dict=True, verbose=0)
+    assert sorted(results) == sorted(declared_metric_names(model))
+    assert all(np.isfinite(value) for value in results.values())
+    if isinstance(model, LossTermsModel):
+        weights = model.loss_term_weights()
+        expected = sum(results[t] * weights.get(t, 1.0) for t in model.LOSS_TERMS)
+        assert results["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_sample_weights_are_refused(name_and_batch):
+    name, batch = name_and_batch
+    model = make(name)
+    x, y = (batch if isinstance(batch, tuple) else (batch, None))
+    with pytest.raises(ValueError, match="does not support sample weights"):
+        model.test_on_batch(x, y, sample_weight=np.ones(len(x), "float32"))
+
+
+@pytest.mark.parametrize("name", case_params("mirrored"))
+def test_mirrored_reports_the_unscaled_loss(name, mnist_batch):
+    """With frozen weights, two replicas report what one device reports: a
+    loss divided by the replica count would read half of it."""
+    batch = batch_for(name, mnist_batch, 64)
+    frozen = {"learning_rate": 0.0}
+    if isinstance(make(name), AdversarialModel):
+        frozen["discriminator_learning_rate"] = 0.0
+    reported = {}
+    for strategy_name in ("default", "mirrored"):
+        strategy = training.make_strategy(strategy_name)
+        with strategy.scope():
+            keras.utils.set_random_seed(0)
+            model = training.build_model(training.TrainConfig(
+                model=registered(name), model_overrides=CASES[name].overrides, **frozen))
+        dataset = tf.data.Dataset.from_tensor_slices(batch).batch(32)
+        reported[strategy_name] = model.fit(dataset, epochs=1, verbose=0, shuffle=False).history
+        if strategy_name == "mirrored":
+            assert strategy.num_replicas_in_sync == 2
+    for key in declared_metric_names(model):
+        if key.endswith("accuracy"):
+            continue  # counts, not means of a loss: unaffected by scaling
+        assert reported["mirrored"][key][0] == pytest.approx(
+            reported["default"][key][0], rel=CASES[name].mirrored_rtol), key
+
+
+# -- exports: every endpoint in the TF Serving layout, the listed ones in TFLite --
+
+
+@pytest.fixture(scope="module", params=case_params("export"))
+def exported(request, mnist_batch, tmp_path_factory):
+    """A random-init model (moving statistics perturbed), its SavedModel and
+    its TFLite flatbuffers, with fixed inputs for every endpoint."""
+    name = request.param
+    model = make(name)
+    perturb_moving_statistics(model)
+    root = tmp_path_factory.mktemp(name)
+    return {
+        "name": name,
+        "model": model,
+        "inputs": endpoint_inputs(model, batch_for(name, mnist_batch, 4)),
+        "version_dir": export.export_saved_model(model, root / "serving"),
+        "tflite": {endpoint: export.export_tflite(model, root / f"{endpoint}.tflite", endpoint)
+                   for endpoint in CASES[name].tflite},
+    }
+
+
+def test_saved_model_endpoints_match_keras(exported):
+    model, inputs = exported["model"], exported["inputs"]
+    expected = endpoint_outputs(model, inputs)
+    endpoints = list(model.serving_endpoints())
+    loaded = tf.saved_model.load(str(exported["version_dir"]))
+    assert set(loaded.signatures) == {*endpoints, "serving_default"}
+    served = {}
+    for endpoint in [*endpoints, "serving_default"]:
+        signature = export.load_saved_model_signature(exported["version_dir"], endpoint)
+        arguments = inputs[endpoints[0] if endpoint == "serving_default" else endpoint]
+        outputs = signature(**{key: tf.constant(value) for key, value in arguments.items()})
+        served[endpoint] = {key: np.asarray(value) for key, value in outputs.items()}
+    expected["serving_default"] = expected[endpoints[0]]  # the first endpoint
+    for endpoint in expected:
+        for key, value in expected[endpoint].items():
+            assert served[endpoint][key].dtype == value.dtype, f"{endpoint}/{key}"
+            # Summed terms (Lz over T x z) are compared relative to their size.
+            np.testing.assert_allclose(served[endpoint][key], value, atol=1e-5, rtol=1e-6,
+                                       err_msg=f"{endpoint}/{key}")
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_tflite_endpoints_match_keras(exported, batch):
+    model = exported["model"]
+    for endpoint, path in exported["tflite"].items():
+        arguments = {key: value[:batch] for key, value in exported["inputs"][endpoint].items()}
+        expected = endpoint_outputs(model, {endpoint: arguments})[endpoint]
+        outputs = export.tflite_predict(path, **arguments)
+        assert set(outputs) == set(expected), endpoint
+        for key, value in expected.items():
+            np.testing.assert_allclose(outputs[key], value, atol=1e-5, rtol=0, err_msg=f"{endpoint}/{key}")
