@@ -58,6 +58,9 @@ CASES = {
     "gran3_every_step": Case({"noise_mode": "every_step"}, "images", ("generate",), mirrored_rtol=0.1,
                              model="gran3", slow=("mirrored", "all")),
     "gran5": Case({}, "images", ("generate",), mirrored_rtol=0.1, slow=("mirrored", "all")),
+    "rcn": Case({"steps": 2}, "binary_labelled", ("classify", "generate"), mirrored_rtol=0.05),
+    "rcn_no_write_attention": Case({"steps": 2}, "binary_labelled", ("classify", "generate"),
+                                   mirrored_rtol=0.05, slow=("mirrored", "all")),
 }
 
 

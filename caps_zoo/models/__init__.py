@@ -4,6 +4,7 @@ from caps_zoo.models import (
     convolutional_recurrent_writer,
     deep_capsule_network,
     generative_recurrent_adversarial,
+    recurrent_capsule_network,
 )
 from caps_zoo.models.convolutional_recurrent_writer import RecurrentWriter
 from caps_zoo.models.deep_capsule_network import CapsuleNetwork
@@ -11,13 +12,16 @@ from caps_zoo.models.generative_recurrent_adversarial import (
     RecurrentAdversarialNetwork,
     RecurrentCanvasGenerator,
 )
+from caps_zoo.models.recurrent_capsule_network import RecurrentCapsuleNetwork
 
 __all__ = [
     "CapsuleNetwork",
     "RecurrentAdversarialNetwork",
     "RecurrentCanvasGenerator",
+    "RecurrentCapsuleNetwork",
     "RecurrentWriter",
     "convolutional_recurrent_writer",
     "deep_capsule_network",
     "generative_recurrent_adversarial",
+    "recurrent_capsule_network",
 ]
