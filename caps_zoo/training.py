@@ -311,7 +311,9 @@ class WeightsSnapshot(keras.callbacks.Callback):
         progress["train_seconds"] = round(
             progress["train_seconds"] + time.time() - self.epoch_started, 1
         )
-        self.progress_path.write_text(json.dumps(progress))
+        # Atomic: a kill during the write must not leave a torn progress.json
+        # that crashes the resume.
+        _write_json_atomically(self.progress_path, progress)
 
 
 def improves(value, best, mode):

@@ -174,3 +174,27 @@ def test_cosine_schedule_sets_every_batch_and_resumes_on_the_same_curve(tiny_mni
         training.TrainConfig(epochs=2, warmup_epochs=2).validate()
     with pytest.raises(ValueError, match="learning_rate_schedule"):
         training.TrainConfig(learning_rate_schedule="linear").validate()
+
+
+def test_progress_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A kill while progress.json is written leaves the previous one intact
+    (the new record goes to a temporary file that replaces it at once); a
+    plain write_text would leave half a JSON file that crashes the resume."""
+    snapshot = training.WeightsSnapshot(tmp_path)
+    snapshot.set_model(caps_zoo.create_model("gran1"))
+    snapshot.on_epoch_begin(0)
+    snapshot.on_epoch_end(0)
+    before = (tmp_path / "progress.json").read_text()
+    assert json.loads(before)["epochs_completed"] == 1
+
+    real_write_text = Path.write_text
+
+    def torn(self, text, *args, **kwargs):  # half the bytes, then the kill
+        real_write_text(self, text[: len(text) // 2])
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(Path, "write_text", torn)
+    snapshot.on_epoch_begin(1)
+    with pytest.raises(KeyboardInterrupt):
+        snapshot.on_epoch_end(1)
+    assert (tmp_path / "progress.json").read_text() == before
