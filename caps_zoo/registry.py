@@ -16,6 +16,7 @@ editable install or a checkout) or the one ``CAPS_ZOO_SAVED_MODELS`` names.
 import dataclasses
 import difflib
 import fnmatch
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -115,17 +116,22 @@ def load(name, /, weights="mnist", **overrides):
         path = None
     elif isinstance(weights, str) and weights in spec.pretrained:
         path, metadata_path = pretrained_paths(name, weights)
-        if metadata_path.is_file():
-            # The configuration the weights were trained with; explicit
-            # overrides win.
-            stored = json.loads(metadata_path.read_text()).get("model_overrides", {})
-            overrides = {**stored, **overrides}
+        metadata = json.loads(metadata_path.read_text()) if metadata_path.is_file() else {}
+        # The configuration the weights were trained with; explicit overrides win.
+        overrides = {**metadata.get("model_overrides", {}), **overrides}
         if not path.is_file():
             raise FileNotFoundError(
                 f"Pretrained weights for '{name}' ('{weights}') are not at '{path}'. "
                 "They ship in the repository's saved_models/ folder: install caps_zoo "
                 "from a checkout (pip install -e .) or set CAPS_ZOO_SAVED_MODELS to "
                 "a copy of that folder."
+            )
+        expected = metadata.get("weights_sha256")
+        if expected and hashlib.sha256(path.read_bytes()).hexdigest() != expected:
+            raise weights_io.WeightsError(
+                f"'{path}' is not the file its metadata '{metadata_path}' describes (SHA-256 "
+                "differs): the weights were replaced without their metadata, or shipping was "
+                "interrupted. Ship them again (recipes/ship_weights.py --replace)."
             )
     elif isinstance(weights, (str, os.PathLike)) and (
         os.path.exists(weights)

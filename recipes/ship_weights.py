@@ -34,10 +34,12 @@ training images (``<tag>.nearest_neighbours.png``).
 
 import argparse
 import csv
+import dataclasses
 import datetime
 import hashlib
 import io
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -47,6 +49,7 @@ import tensorflow as tf
 
 import caps_zoo
 from caps_zoo import data, metrics, plots, registry
+from caps_zoo import weights as weights_io
 from caps_zoo.models import CapsuleNetwork
 from caps_zoo.models.base import GenerativeModel
 from caps_zoo.training import BEST_RECORD, BEST_WEIGHTS, machine_description
@@ -165,10 +168,20 @@ def main(argv=None):
                                          "or in training with the epochs done")
     parser.add_argument("--select", help="how the shipped epoch was chosen: 'validation' or 'last'; "
                                          "default and only choice: the run's own rule (see above)")
+    parser.add_argument("--replace", action="store_true",
+                        help="replace the weights already shipped under --tag (refused without it)")
     args = parser.parse_args(argv)
 
     run_dir = Path(args.run_dir)
     config = json.loads((run_dir / "config.json").read_text())
+    weights_path, metadata_path = registry.pretrained_paths(config["model"], args.tag)
+    existing = [path for path in (weights_path, metadata_path) if path.exists()]
+    if existing and not args.replace:
+        parser.error(
+            f"refusing to replace {', '.join(map(str, existing))}: '{config['model']}' already ships "
+            f"weights tagged '{args.tag}'. Pass --replace to replace them (after this run's "
+            "weights are measured, all files at once), or choose another --tag."
+        )
     rule = selection_rule(config)
     check_select(parser, args.select, rule, config)
     finished = (run_dir / "final.weights.npz").is_file()
@@ -193,13 +206,55 @@ def main(argv=None):
     overrides = dict(config.get("model_overrides") or {})
     if config.get("routing_iterations"):
         overrides["routing_iterations"] = list(config["routing_iterations"])
+    # Everything is written to a staging folder beside the shipped files and
+    # moved into place only once it is all measured: a failure (or a kill)
+    # before that leaves the shipped weights and metadata as they were.
+    weights_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=weights_path.parent, prefix=".staging-") as staging:
+        staging = Path(staging)
+        run = RunToShip(run_dir, config, overrides, rule, best, finished, log, log_text,
+                        model_weights, weights_name, epochs_completed, wall_hours)
+        shipped = stage_and_measure(args, run, staging, weights_path.name)
+        metadata = json.loads((staging / metadata_path.name).read_text())
+        # Weights first, metadata last: the metadata names the weights'
+        # SHA-256, so a kill between the moves is detected on load.
+        for name in sorted(shipped, key=lambda n: n == metadata_path.name):
+            os.replace(staging / name, weights_path.parent / name)
+    print(json.dumps(metadata, indent=2))
+    print(f"wrote {weights_path} ({weights_path.stat().st_size / 2**20:.1f} MiB)")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunToShip:
+    """What main() read from the run directory."""
+
+    run_dir: Path
+    config: dict
+    overrides: dict
+    rule: str
+    best: dict
+    finished: bool
+    log: list
+    log_text: str
+    model_weights: bytes
+    weights_name: str
+    epochs_completed: int
+    wall_hours: float
+
+
+def stage_and_measure(args, run, staging, shipped_weights_name):
+    """Write the float16 weights, their measurements, figures and log into
+    ``staging``; returns the file names to move into saved_models/<model>/."""
+    (run_dir, config, overrides, rule, best, finished, log, log_text, model_weights, weights_name,
+     epochs_completed, wall_hours) = dataclasses.astuple(run)
     with tempfile.TemporaryDirectory() as scratch:
         copy = Path(scratch) / weights_name
         copy.write_bytes(model_weights)
         model = caps_zoo.load(config["model"], weights=str(copy), **overrides)
     # Store float16 first, then measure what users will actually load.
-    weights_path = Path(registry.save_pretrained(model, config["model"], args.tag))
-    model = caps_zoo.load(config["model"], weights=args.tag, **overrides)
+    weights_path = staging / shipped_weights_name
+    weights_io.save_weights(model, weights_path, dtype="float16")
+    model = caps_zoo.load(config["model"], weights=str(weights_path), **overrides)
     # The Bernoulli VAEs are measured on the fixed binarization (see caps_zoo.data).
     binarize = "fixed" if config.get("binarize") else None
     # The one look at the test split for a validation run (the 1,000-image
@@ -217,7 +272,7 @@ def main(argv=None):
     frechet = {}
     if isinstance(model, GenerativeModel) and args.frechet_samples > 0:
         frechet = {"frechet": describe_samples(
-            model, config["dataset"], weights_path.parent, args.tag, args.frechet_samples,
+            model, config["dataset"], staging, args.tag, args.frechet_samples,
             data.load_images(config["dataset"], "train", **training_split))}
     train_count = data.num_examples(config["dataset"], "train", config.get("train_limit"),
                                     **training_split)
@@ -306,14 +361,14 @@ def main(argv=None):
         "measured_on": datetime.date.today().isoformat(),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
         "weights": weights_path.name,
+        "weights_sha256": hashlib.sha256(weights_path.read_bytes()).hexdigest(),
         "storage_dtype": "float16",
         "notes": args.notes,
     }
-    registry.write_metadata(config["model"], args.tag, metadata)
+    (staging / f"{args.tag}.json").write_text(json.dumps({"model": config["model"], **metadata}, indent=2) + "\n")
     # The run's per-epoch log travels with the weights (provenance).
-    weights_path.with_name(f"{args.tag}.log.csv").write_text(log_text)
-    print(json.dumps(metadata, indent=2))
-    print(f"wrote {weights_path} ({weights_path.stat().st_size / 2**20:.1f} MiB)")
+    (staging / f"{args.tag}.log.csv").write_text(log_text)
+    return sorted(path.name for path in staging.iterdir())
 
 
 if __name__ == "__main__":

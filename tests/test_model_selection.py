@@ -10,6 +10,7 @@ validation accuracy.
 """
 
 import csv
+import hashlib
 import json
 import runpy
 import shutil
@@ -338,3 +339,56 @@ def test_ship_refuses_to_select_on_the_test_split(tiny_mnist, scratch_saved_mode
     assert not (scratch_saved_models / "gran1").exists()
     ship(run_dir, "--select", "validation")  # the run's own rule, stated
     assert caps_zoo.load_metadata("gran1")["selected_epoch"] == 1
+
+
+# -- shipping loses nothing ------------------------------------------------------
+
+
+def _shipped_files(folder):
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+def test_ship_refuses_to_replace_a_tag_and_a_failed_measurement_changes_nothing(
+    tiny_mnist, scratch_saved_models, tmp_path, monkeypatch, capsys
+):
+    run_dir = tmp_path / "run"
+    training.train(gran_config(run_dir, epochs=1))
+    ship(run_dir)
+    folder = scratch_saved_models / "gran1"
+    before = _shipped_files(folder)
+    assert {"mnist.weights.npz", "mnist.json", "mnist.log.csv"} <= set(before)
+
+    with pytest.raises(SystemExit):
+        ship(run_dir)  # the tag exists: refused without --replace
+    assert "refusing to replace" in capsys.readouterr().err
+    assert _shipped_files(folder) == before
+
+    def failing_evaluate(*args, **kwargs):
+        raise RuntimeError("evaluation failed")
+
+    monkeypatch.setattr(keras.Model, "evaluate", failing_evaluate)
+    with pytest.raises(RuntimeError, match="evaluation failed"):
+        ship(run_dir, "--replace")
+    # Nothing replaced, nothing half-written, no staging folder left behind.
+    assert _shipped_files(folder) == before
+
+
+def test_ship_replace_moves_weights_and_metadata_together_and_load_checks_them(
+    tiny_mnist, scratch_saved_models, tmp_path
+):
+    first, second = tmp_path / "first", tmp_path / "second"
+    training.train(gran_config(first, epochs=1))
+    training.train(gran_config(second, epochs=2))
+    ship(first)
+    ship(second, "--replace")
+    weights = scratch_saved_models / "gran1" / "mnist.weights.npz"
+    metadata = caps_zoo.load_metadata("gran1")
+    assert metadata["epochs_completed"] == 2
+    assert metadata["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert _same_weights(weights, second / "best.weights.npz")
+    caps_zoo.load("gran1")
+    # Weights replaced behind the metadata's back (or a ship killed between
+    # its moves) are refused on load, not silently used with stale metrics.
+    caps_zoo.weights.save_weights(caps_zoo.create_model("gran1"), weights, dtype="float16")
+    with pytest.raises(caps_zoo.weights.WeightsError, match="SHA-256"):
+        caps_zoo.load("gran1")

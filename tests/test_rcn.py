@@ -95,14 +95,14 @@ def test_without_read_images_the_encoder_reads_capsules_and_h_dec_only(labelled_
     assert model.encoder_cell.kernel.shape[0] == 160 + 256
     with_reading = make()
     assert with_reading.encoder_cell.kernel.shape[0] == 160 + 2 * 5 * 5 + 256
-    model.train_on_batch(*labelled_binary)
+    model.train_on_batch(labelled_binary[0][:16], labelled_binary[1][:16])
 
 
 def test_loss_falls_on_real_data(labelled_binary):
     model = make()
-    images, labels = labelled_binary
+    images, labels = labelled_binary[0][:64], labelled_binary[1][:64]
     before = model.evaluate(images, labels, batch_size=64, return_dict=True, verbose=0)
-    model.fit(images, labels, epochs=8, batch_size=32, verbose=0, shuffle=False)
+    model.fit(images, labels, epochs=6, batch_size=16, verbose=0, shuffle=False)
     after = model.evaluate(images, labels, batch_size=64, return_dict=True, verbose=0)
     assert after["reconstruction_nll"] < 0.8 * before["reconstruction_nll"]
     assert after["margin_loss"] < 0.8 * before["margin_loss"]
