@@ -24,6 +24,7 @@ survive restarts (they read ``best.json``).
 """
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -449,6 +450,44 @@ def train(config, callbacks=()):
     """
     config.validate()
     run_dir = Path(config.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir):
+        return _train_locked(config, run_dir, callbacks)
+
+
+RUN_LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir):
+    """Hold ``run_dir/.lock`` while a run trains there: a second training on
+    the same directory (another process, or this one) is refused instead of
+    interleaving its epochs with the first's. The operating system releases
+    the lock when the process dies, so a killed run never leaves it locked."""
+    import fcntl  # POSIX; imported here so that the module imports anywhere
+
+    handle = open(Path(run_dir) / RUN_LOCK, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise RuntimeError(
+            f"'{run_dir}' is in use by another training ({holder}). Wait for it to finish, "
+            "or train in another --output-dir."
+        ) from None
+    try:
+        handle.truncate(0)
+        handle.write(f"pid {os.getpid()} on {platform.node()}\n")
+        handle.flush()
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def _train_locked(config, run_dir, callbacks):
     # Epochs were done here but no backup is left (BackupAndRestore deletes it
     # when fit ends): running again would silently start over.
     if (run_dir / "final.weights.npz").is_file() or (
@@ -460,7 +499,6 @@ def train(config, callbacks=()):
             f"{run_dir / 'snapshot.weights.npz'} --initial-epoch <epochs done>."
         )
     _check_same_selection(run_dir, config)
-    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
     # A restart must not replay the first epochs' shuffles and shifts.
     seed = config.seed + _epochs_done(run_dir, config)

@@ -198,3 +198,14 @@ def test_progress_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         snapshot.on_epoch_end(1)
     assert (tmp_path / "progress.json").read_text() == before
+
+
+def test_a_second_training_on_a_busy_run_directory_is_refused(tmp_path):
+    config = training.TrainConfig(model="gran1", epochs=1, output_dir=str(tmp_path / "run"))
+    (tmp_path / "run").mkdir()
+    with training.run_lock(tmp_path / "run"):  # as a running training holds it
+        with pytest.raises(RuntimeError, match="is in use by another training"):
+            training.train(config)
+    assert not (tmp_path / "run" / "config.json").exists()  # refused before touching anything
+    with training.run_lock(tmp_path / "run"):  # released: the next run may start
+        pass
