@@ -563,7 +563,11 @@ def _fit(model, strategy, config, run_dir, seed, callbacks):
         # First, so that a kill just after the backup of an epoch cannot
         # lose that epoch's improvement.
         *([best_weights] if selecting else []),
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), save_freq="epoch"),
+        # double_checkpoint: the previous epoch's backup is kept, and Keras
+        # falls back to it when the latest is unreadable (a kill while it
+        # was being written left "file signature not found" and no resume).
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), save_freq="epoch",
+                                         double_checkpoint=True),
         # zip() pairs the rates with the model's optimizers: one, or a GAN's two.
         LearningRateDecay(learning_rates(config), config.learning_rate_decay,
                           schedule=config.learning_rate_schedule, warmup_epochs=config.warmup_epochs,

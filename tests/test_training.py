@@ -209,3 +209,18 @@ def test_a_second_training_on_a_busy_run_directory_is_refused(tmp_path):
     assert not (tmp_path / "run" / "config.json").exists()  # refused before touching anything
     with training.run_lock(tmp_path / "run"):  # released: the next run may start
         pass
+
+
+def test_a_run_killed_while_writing_its_backup_resumes(tiny_mnist, kill_at_epoch, tmp_path):
+    """A torn backup/latest.weights.h5 (kill -9 during the write): the run
+    resumes from the previous epoch's backup instead of failing to load."""
+    run_dir = tmp_path / "run"
+    config = training.TrainConfig(model="gran1", epochs=3, batch_size=64, steps_per_epoch=1,
+                                  output_dir=str(run_dir), verbose=0)
+    with pytest.raises(Killed):
+        training.train(config, callbacks=[kill_at_epoch(2)])
+    latest = run_dir / "backup" / "latest.weights.h5"
+    latest.write_bytes(latest.read_bytes()[:1000])  # torn
+    metrics = training.train(config)
+    assert json.loads((run_dir / "progress.json").read_text())["epochs_completed"] == 3
+    assert metrics["test"]["discriminator_loss"] > 0
