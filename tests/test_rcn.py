@@ -57,6 +57,9 @@ def test_defaults_are_what_the_docstring_says():
     assert decoder.primary_caps.compute_output_shape((None, 7, 7, 256)) == (None, 72, 8)
     assert (model.steps, model.latent_dim, model.encoder_units, model.decoder_units) == (10, 100, 256, 256)
     assert model.loss_term_weights() == {"margin_loss": 100.0}
+    assert model.decoder_cell.kernel.shape[0] == 160 + 100  # decoder capsules and z_t
+    literal = caps_zoo.create_model("rcn", decoder_reads_z=False, steps=1)
+    assert literal.decoder_cell.kernel.shape[0] == 160  # the capsules alone
 
 
 def test_capsules_reach_the_decoder_lstm_at_initialisation():
@@ -67,7 +70,9 @@ def test_capsules_reach_the_decoder_lstm_at_initialisation():
     z = keras.random.normal((256, model.latent_dim), seed=0)
     with tf.GradientTape() as tape:
         tape.watch(z)
-        capsules = tf.reshape(model.decoder_step_input(z, training=False), (256, 10, 16))
+        decoder_input = model.decoder_step_input(z, training=False)
+        np.testing.assert_array_equal(decoder_input[:, 160:], z)  # z_t itself, beside the capsules
+        capsules = tf.reshape(decoder_input[:, :160], (256, 10, 16))
         lengths = tf.norm(capsules, axis=-1)
         total = tf.reduce_sum(lengths)
     assert 0.05 < float(tf.reduce_mean(lengths)) < 0.9
@@ -195,6 +200,6 @@ def test_rcn_recipe_trains_selects_on_validation_and_ships(tiny_mnist, scratch_s
     assert model.steps == 2
 
 
-@pytest.mark.parametrize("name, parameters", [("rcn", 4_702_667), ("rcn_no_write_attention", 4_896_445)])
+@pytest.mark.parametrize("name, parameters", [("rcn", 4_805_067), ("rcn_no_write_attention", 4_998_845)])
 def test_parameter_counts_in_the_readme(name, parameters):
     assert caps_zoo.create_model(name).count_params() == parameters
