@@ -104,6 +104,22 @@ class TrainConfig:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got '{self.strategy}'.")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1.")
+        for name in ("steps_per_epoch", "train_limit", "test_limit"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                # 0 and -1 were silently ignored; a negative limit sliced from the end.
+                raise ValueError(f"{name} must be an integer >= 1 (or unset), got {value!r}.")
+        if self.initial_epoch < 0 or (self.initial_epoch and not self.init_weights):
+            raise ValueError(
+                f"initial_epoch={self.initial_epoch} needs init_weights (--init-weights): it says how "
+                "many epochs those weights were trained for; without them training would start "
+                "from scratch at a later epoch of the learning-rate schedule."
+            )
+        if self.initial_epoch >= self.epochs:
+            raise ValueError(
+                f"initial_epoch={self.initial_epoch} leaves nothing to train with epochs={self.epochs}: "
+                "epochs is the total, including those already done."
+            )
         data.check_binarize(self.binarize)
         if self.learning_rate_schedule not in LEARNING_RATE_SCHEDULES:
             raise ValueError(f"learning_rate_schedule must be one of {LEARNING_RATE_SCHEDULES}, "

@@ -224,3 +224,16 @@ def test_a_run_killed_while_writing_its_backup_resumes(tiny_mnist, kill_at_epoch
     metrics = training.train(config)
     assert json.loads((run_dir / "progress.json").read_text())["epochs_completed"] == 3
     assert metrics["test"]["discriminator_loss"] > 0
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"steps_per_epoch": 0}, "steps_per_epoch must be an integer >= 1"),
+    ({"steps_per_epoch": -1}, "steps_per_epoch must be an integer >= 1"),
+    ({"train_limit": -5}, "train_limit must be an integer >= 1"),
+    ({"test_limit": 0}, "test_limit must be an integer >= 1"),
+    ({"initial_epoch": 5}, "needs init_weights"),
+    ({"initial_epoch": 5, "epochs": 3, "init_weights": "w.weights.npz"}, "leaves nothing to train"),
+])
+def test_contradictory_training_options_are_refused(changes, message):
+    with pytest.raises(ValueError, match=message):
+        training.TrainConfig(model="capsnet", **changes).validate()
