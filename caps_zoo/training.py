@@ -662,16 +662,19 @@ def _validation_results(model, val_data, config, run_dir, best_weights):
 # -- the command line every training recipe shares -----------------------------
 
 
-def recipe_argument_parser(description, defaults):
+def recipe_argument_parser(description, defaults, models):
     """An argparse parser of the TrainConfig fields every recipe takes.
 
-    ``defaults`` is the recipe's ``TrainConfig``; recipes add their model's
-    own options and pass them to ``run_recipe`` as ``model_overrides``.
+    ``defaults`` is the recipe's ``TrainConfig``; ``models`` the registered
+    models it trains (its data, augmentation and selection fit them alone:
+    the capsule recipe would train DRAW on grey, shifted images). Recipes add
+    their model's own options and pass them to ``run_recipe`` as
+    ``model_overrides``.
     """
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    parser.add_argument("--model")
+    parser.add_argument("--model", choices=tuple(models))
     parser.add_argument("--dataset")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)

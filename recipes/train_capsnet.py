@@ -22,11 +22,14 @@ from caps_zoo.training import TrainConfig, recipe_argument_parser, run_recipe
 
 # TrainConfig's defaults are CapsNet's; with --validation, the shipped epoch
 # is the one of the highest validation accuracy.
+# The models this recipe's data, augmentation and selection are for.
+MODELS = ("capsnet", "deep_capsnet")
+
 DEFAULTS = TrainConfig(selection_metric="val_accuracy", selection_mode="max")
 
 
 def parse_args(argv=None):
-    parser = recipe_argument_parser(__doc__.splitlines()[0], DEFAULTS)
+    parser = recipe_argument_parser(__doc__.splitlines()[0], DEFAULTS, MODELS)
     parser.add_argument(
         "--routing-iterations",
         type=int,

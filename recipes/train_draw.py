@@ -18,6 +18,9 @@ the fixed binarization of the last 5,000) in ``best.weights.npz`` for
 
 from caps_zoo.training import TrainConfig, recipe_argument_parser, run_recipe
 
+# The models this recipe's data, augmentation and selection are for.
+MODELS = ("draw", "dcrw", "dcrw_no_read_attention")
+
 DEFAULTS = TrainConfig(
     model="draw",
     epochs=50,
@@ -37,7 +40,7 @@ ARCHITECTURE_OPTIONS = ("steps", "latent_dim", "read_size", "write_size")
 
 
 def parse_args(argv=None):
-    parser = recipe_argument_parser(__doc__.splitlines()[0], DEFAULTS)
+    parser = recipe_argument_parser(__doc__.splitlines()[0], DEFAULTS, MODELS)
     parser.add_argument("--steps", type=int, help="T drawing steps (draw: 64, dcrw: 10)")
     parser.add_argument("--latent-dim", type=int, help="size of each z_t (100)")
     parser.add_argument("--read-size", type=int, help="N of the read glimpse (draw: 2, dcrw: 7)")

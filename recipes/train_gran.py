@@ -26,6 +26,9 @@ import caps_zoo
 from caps_zoo import metrics
 from caps_zoo.training import TrainConfig, recipe_argument_parser, run_recipe
 
+# The models this recipe's data, augmentation and selection are for.
+MODELS = ("gran1", "gran3", "gran5")
+
 DEFAULTS = TrainConfig(
     model="gran3",
     epochs=20,
@@ -43,7 +46,7 @@ DEFAULTS = TrainConfig(
 
 
 def parse_args(argv=None):
-    parser = recipe_argument_parser(__doc__.splitlines()[0], DEFAULTS)
+    parser = recipe_argument_parser(__doc__.splitlines()[0], DEFAULTS, MODELS)
     parser.add_argument("--discriminator-learning-rate", type=float,
                         help="the discriminator's Adam learning rate (--learning-rate is G's)")
     parser.add_argument("--steps", type=int, help="T canvas updates (default: the model's, e.g. gran3: 3)")

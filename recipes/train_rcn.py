@@ -14,6 +14,9 @@ validation loss (``val_loss``: the weighted margin loss + the bound) in
 
 from caps_zoo.training import TrainConfig, recipe_argument_parser, run_recipe
 
+# The models this recipe's data, augmentation and selection are for.
+MODELS = ("rcn", "rcn_no_write_attention")
+
 DEFAULTS = TrainConfig(
     model="rcn",
     epochs=30,
@@ -34,7 +37,7 @@ ARCHITECTURE_OPTIONS = ("steps", "latent_dim", "read_size", "write_size", "margi
 
 
 def parse_args(argv=None):
-    parser = recipe_argument_parser(__doc__.splitlines()[0], DEFAULTS)
+    parser = recipe_argument_parser(__doc__.splitlines()[0], DEFAULTS, MODELS)
     parser.add_argument("--steps", type=int, help="T drawing steps (10)")
     parser.add_argument("--latent-dim", type=int, help="size of each z_t (100)")
     parser.add_argument("--read-size", type=int, help="N of the read glimpse (5)")

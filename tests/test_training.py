@@ -237,3 +237,13 @@ def test_a_run_killed_while_writing_its_backup_resumes(tiny_mnist, kill_at_epoch
 def test_contradictory_training_options_are_refused(changes, message):
     with pytest.raises(ValueError, match=message):
         training.TrainConfig(model="capsnet", **changes).validate()
+
+
+def test_every_model_has_one_recipe_and_recipes_refuse_other_families(capsys):
+    recipes = {name: runpy.run_path(str(RECIPE.parent / f"train_{name}.py"))
+               for name in ("capsnet", "draw", "gran", "rcn")}
+    trained_by = [model for recipe in recipes.values() for model in recipe["MODELS"]]
+    assert sorted(trained_by) == caps_zoo.list_models()  # each model, exactly once
+    with pytest.raises(SystemExit):
+        recipes["capsnet"]["parse_args"](["--model", "draw"])  # grey, shifted images for a Bernoulli VAE
+    assert "invalid choice: 'draw'" in capsys.readouterr().err
