@@ -430,12 +430,34 @@ def _epochs_done(run_dir, config):
     return config.initial_epoch
 
 
-def _check_same_selection(run_dir, config):
-    """A restarted run must train on the images and select by the metric it
-    started with: switching would mix two experiments in one run."""
+# What a resumed run may change: how it is run and how long, not what it
+# trains (cosine runs anneal to their epochs, so for them epochs is fixed too).
+RESUME_MAY_CHANGE = (
+    "epochs", "verbose", "output_dir", "strategy", "early_stopping_patience", "stop_at",
+    "sample_grids", "test_limit",
+)
+
+
+def _check_same_experiment(run_dir, config):
+    """A restarted run must train what it started with: the same model,
+    data, optimisation and selection (switching would mix two experiments in
+    one run, and rewrite config.json to describe only the second)."""
     previous_path = run_dir / "config.json"
     if (run_dir / "progress.json").is_file() and previous_path.is_file():
         previous = json.loads(previous_path.read_text())
+        current = json.loads(json.dumps(dataclasses.asdict(config)))  # as config.json stores it
+        fixed = [field.name for field in dataclasses.fields(TrainConfig)
+                 if field.name not in RESUME_MAY_CHANGE or (
+                     field.name == "epochs" and config.learning_rate_schedule == "cosine")]
+        changed = [name for name in fixed
+                   if name in previous and previous[name] != current[name]]
+        if changed:
+            details = ", ".join(f"{name}: {previous[name]!r} -> {current[name]!r}" for name in changed)
+            raise ValueError(
+                f"'{run_dir}' was started with other settings ({details}); resume it with the "
+                "settings it started with, or train in a new --output-dir (to continue from its "
+                "weights: --init-weights <its snapshot.weights.npz> --initial-epoch <epochs done>)."
+            )
         # Runs from before validation splits have neither key.
         names = ("validation", "validation_size") if config.validation else ("validation",)
         for name in names:
@@ -514,7 +536,7 @@ def _train_locked(config, run_dir, callbacks):
             "Use a new --output-dir; to train on from this run, pass --init-weights "
             f"{run_dir / 'snapshot.weights.npz'} --initial-epoch <epochs done>."
         )
-    _check_same_selection(run_dir, config)
+    _check_same_experiment(run_dir, config)
     (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
     # A restart must not replay the first epochs' shuffles and shifts.
     seed = config.seed + _epochs_done(run_dir, config)

@@ -275,7 +275,7 @@ def test_a_run_cannot_switch_its_split_on_resume(tmp_path):
     (tmp_path / "backup").mkdir()
     (tmp_path / "progress.json").write_text('{"epochs_completed": 1, "train_seconds": 1.0}')
     (tmp_path / "config.json").write_text(json.dumps({"validation": False}))
-    with pytest.raises(ValueError, match="was trained with validation=False"):
+    with pytest.raises(ValueError, match=r"validation: False -> True"):
         training.train(training.TrainConfig(output_dir=str(tmp_path), validation=True))
 
 

@@ -1,7 +1,9 @@
 """Training under tf.distribute, and the recipe's run directory / resume."""
 
 import csv
+import dataclasses
 import json
+import re
 import runpy
 import sys
 from pathlib import Path
@@ -247,3 +249,23 @@ def test_every_model_has_one_recipe_and_recipes_refuse_other_families(capsys):
     with pytest.raises(SystemExit):
         recipes["capsnet"]["parse_args"](["--model", "draw"])  # grey, shifted images for a Bernoulli VAE
     assert "invalid choice: 'draw'" in capsys.readouterr().err
+
+
+def test_a_resume_with_changed_settings_is_refused(tmp_path):
+    """Resuming may change how long and how a run trains, not what it trains:
+    config.json used to be rewritten silently to describe only the second part."""
+    started = training.TrainConfig(model="capsnet", output_dir=str(tmp_path), learning_rate=1e-3)
+    (tmp_path / "backup").mkdir()
+    (tmp_path / "progress.json").write_text('{"epochs_completed": 1, "train_seconds": 1.0}')
+    (tmp_path / "config.json").write_text(json.dumps(dataclasses.asdict(started)))
+    before = (tmp_path / "config.json").read_text()
+    for changes, shown in [({"learning_rate": 3e-3}, "learning_rate: 0.001 -> 0.003"),
+                           ({"model_overrides": {"routing_iterations": [1]}}, "model_overrides"),
+                           ({"batch_size": 64}, "batch_size: 128 -> 64")]:
+        with pytest.raises(ValueError, match=re.escape(shown)):
+            training.train(dataclasses.replace(started, **changes))
+    assert (tmp_path / "config.json").read_text() == before
+    cosine = dataclasses.replace(started, learning_rate_schedule="cosine")
+    (tmp_path / "config.json").write_text(json.dumps(dataclasses.asdict(cosine)))
+    with pytest.raises(ValueError, match="epochs: 50 -> 60"):  # the cosine curve ends at epochs
+        training.train(dataclasses.replace(cosine, epochs=60))
