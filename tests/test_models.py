@@ -96,3 +96,8 @@ def test_classify_endpoint_gives_int64_argmax_classes(model, sample_batch):
     outputs = classify(tf.constant(sample_batch[0][:8]))
     assert outputs["classes"].dtype == tf.int64
     np.testing.assert_array_equal(outputs["classes"], np.argmax(outputs["scores"], axis=-1))
+
+
+def test_evaluate_without_labels_says_what_is_missing(model, sample_batch):
+    with pytest.raises(ValueError, match="needs the class ids"):
+        model.evaluate(sample_batch[0][:4], verbose=0)  # was an AttributeError from inside the loss

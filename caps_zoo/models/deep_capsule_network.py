@@ -175,6 +175,11 @@ class CapsuleNetwork(LossTermsModel):
 
     def forward_with_loss_terms(self, images, labels, training):
         """Outputs (the decoder masked by the true ``labels``) and the loss terms."""
+        if labels is None:
+            raise ValueError(
+                f"{self.name} trains and evaluates on (images, labels): its margin loss needs the "
+                "class ids. For predictions on images alone use predict() or the model's call."
+            )
         outputs = self(images, training=training, labels=labels)
         return outputs, {
             "margin_loss": losses.margin_loss(labels, outputs["scores"]),
