@@ -20,7 +20,7 @@ import tensorflow as tf
 import caps_zoo
 from caps_zoo import data, export, training
 from caps_zoo import weights as weights_io
-from caps_zoo.models.base import AdversarialModel, LossTermsModel
+from caps_zoo.models.base import AdversarialModel, GenerativeModel, LossTermsModel
 from conftest import perturb_moving_statistics
 
 
@@ -320,3 +320,13 @@ def test_tflite_endpoints_match_keras(exported, batch):
         assert set(outputs) == set(expected), endpoint
         for key, value in expected.items():
             np.testing.assert_allclose(outputs[key], value, atol=1e-5, rtol=0, err_msg=f"{endpoint}/{key}")
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(CASES) if "all" not in CASES[n].slow])
+def test_sampling_counts_below_one_are_refused(name):
+    model = make(name)
+    if not isinstance(model, GenerativeModel):
+        pytest.skip(f"{name} does not sample")
+    for n, steps in [(0, None), (-1, None), (2.5, None), (2, 0), (2, -1)]:
+        with pytest.raises(ValueError, match="must be an integer >= 1"):
+            model.sample(n, steps=steps)

@@ -36,6 +36,14 @@ def check_images(model, images, values="with values in [0, 1]",
         raise TypeError(f"{model.name} expects float images {values}; got dtype {dtype}. {dtype_hint}")
 
 
+def check_count(name, value):
+    """``int(value)``, or a clear ValueError unless it is an integer >= 1
+    (``sample(0)`` returned a scalar, ``steps=-1`` an internal error)."""
+    if isinstance(value, bool) or not float(value).is_integer() or int(value) < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
+    return int(value)
+
+
 def replica_normal(shape, seed_generator):
     """N(0, 1) noise of ``shape`` from ``seed_generator``, different on every replica.
 

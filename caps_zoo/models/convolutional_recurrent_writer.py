@@ -54,7 +54,7 @@ from caps_zoo import losses
 from caps_zoo.layers import FilterbankRead, FilterbankWrite
 from caps_zoo.layers.filterbank import window_box
 from caps_zoo.models.base import GenerativeModel, LossTermsModel
-from caps_zoo.models.builder import build_compiled, check_images, replica_normal
+from caps_zoo.models.builder import build_compiled, check_count, check_images, replica_normal
 from caps_zoo.registry import register_model
 
 PAPER = "dcrw-convolutional-recurrent-writer.txt"
@@ -331,8 +331,8 @@ class RecurrentWriter(GenerativeModel, LossTermsModel):
         arrays: ``images``, ``canvases``, ``write_windows`` and ``write_boxes``
         as in ``generate``.
         """
-        steps = self.steps if steps is None else int(steps)
-        noise = keras.random.normal((int(n), steps, self.latent_dim), seed=seed)
+        steps = self.steps if steps is None else check_count("steps", steps)
+        noise = keras.random.normal((check_count("n", n), steps, self.latent_dim), seed=seed)
         drawn = self.generate(noise, return_sequence=True)
         return keras.tree.map_structure(
             lambda value: None if value is None else ops.convert_to_numpy(value), drawn

@@ -49,7 +49,7 @@ from keras import ops
 
 from caps_zoo import losses
 from caps_zoo.models.base import AdversarialModel, GenerativeModel
-from caps_zoo.models.builder import build_compiled, check_images, replica_normal
+from caps_zoo.models.builder import build_compiled, check_count, check_images, replica_normal
 from caps_zoo.registry import register_model
 
 PAPER = "gran-recurrent-adversarial.txt"
@@ -340,8 +340,8 @@ class RecurrentAdversarialNetwork(GenerativeModel, AdversarialModel):
         draws (noise at every step). Returns ``images`` ``(n, h, w, c)`` and
         ``canvases`` ``(steps, n, h, w, c)``.
         """
-        steps = self.steps if steps is None else int(steps)
-        noise = keras.random.normal((int(n), *self.generator.noise_shape(steps)), seed=seed)
+        steps = self.steps if steps is None else check_count("steps", steps)
+        noise = keras.random.normal((check_count("n", n), *self.generator.noise_shape(steps)), seed=seed)
         drawn = self.generator(noise, steps=steps, training=False, return_sequence=True)
         return {key: ops.convert_to_numpy(value) for key, value in drawn.items()}
 
