@@ -30,6 +30,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from caps_zoo import losses
+
 TOTAL_LOSS = "loss"
 
 
@@ -124,6 +126,29 @@ class GenerativeModel:
     def sample(self, n, steps=None, seed=None):
         """``n`` images from the prior: a dict of numpy arrays with ``images``."""
         raise NotImplementedError
+
+
+class ClassAccuracy:
+    """Mixin of the LossTermsModels whose ``outputs["scores"]`` are class
+    scores (capsule lengths): they need labels, and track ``accuracy``.
+    Call ``build_accuracy()`` in ``__init__``."""
+
+    def build_accuracy(self):
+        self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+
+    def require_labels(self, labels):
+        if labels is None:
+            raise ValueError(
+                f"{self.name} trains and evaluates on (images, labels): its margin loss needs the "
+                "class ids. For predictions on images alone use predict() or the model's call."
+            )
+
+    @property
+    def extra_metrics(self):
+        return [self.accuracy_tracker]
+
+    def update_extra_metrics(self, images, labels, outputs):
+        self.accuracy_tracker.update_state(losses.class_ids(labels, self.num_classes), outputs["scores"])
 
 
 class LossTermsModel(ZooModel):

@@ -35,7 +35,7 @@ from keras import ops
 
 from caps_zoo import losses
 from caps_zoo.layers import CapsuleStack, Length, Mask
-from caps_zoo.models.base import LossTermsModel
+from caps_zoo.models.base import ClassAccuracy, LossTermsModel
 from caps_zoo.models.builder import build_compiled, check_images
 from caps_zoo.registry import register_model
 
@@ -44,7 +44,7 @@ CLASS_CAPSULE_INIT_SCALE = 0.3
 
 
 @keras.saving.register_keras_serializable(package="caps_zoo")
-class CapsuleNetwork(LossTermsModel):
+class CapsuleNetwork(ClassAccuracy, LossTermsModel):
     """Convolutions, primary capsules, routing stages (one ``CapsuleStack``), decoder.
 
     Args:
@@ -116,7 +116,7 @@ class CapsuleNetwork(LossTermsModel):
             + [keras.layers.Dense(pixels, activation="sigmoid", dtype="float32", name="pixels")],
             name="decoder",
         )
-        self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        self.build_accuracy()
 
     # The stack's layers, by the names the rest of the zoo uses.
     convs = property(lambda self: self.capsules.convs)
@@ -175,11 +175,7 @@ class CapsuleNetwork(LossTermsModel):
 
     def forward_with_loss_terms(self, images, labels, training):
         """Outputs (the decoder masked by the true ``labels``) and the loss terms."""
-        if labels is None:
-            raise ValueError(
-                f"{self.name} trains and evaluates on (images, labels): its margin loss needs the "
-                "class ids. For predictions on images alone use predict() or the model's call."
-            )
+        self.require_labels(labels)
         outputs = self(images, training=training, labels=labels)
         return outputs, {
             "margin_loss": losses.margin_loss(labels, outputs["scores"]),
@@ -187,13 +183,6 @@ class CapsuleNetwork(LossTermsModel):
                 images, outputs["reconstruction"], self.reconstruction_weight
             ),
         }
-
-    @property
-    def extra_metrics(self):
-        return [self.accuracy_tracker]
-
-    def update_extra_metrics(self, images, labels, outputs):
-        self.accuracy_tracker.update_state(losses.class_ids(labels, self.num_classes), outputs["scores"])
 
     def get_config(self):
         config = super().get_config()

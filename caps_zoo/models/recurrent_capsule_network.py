@@ -68,6 +68,7 @@ from keras import ops
 
 from caps_zoo import losses
 from caps_zoo.layers import CapsuleStack, Length
+from caps_zoo.models.base import ClassAccuracy
 from caps_zoo.models.builder import build_compiled, check_images
 from caps_zoo.models.convolutional_recurrent_writer import RecurrentWriter
 from caps_zoo.registry import register_model
@@ -77,7 +78,7 @@ CLASS_CAPSULE_INIT_SCALE = 0.3
 
 
 @keras.saving.register_keras_serializable(package="caps_zoo")
-class RecurrentCapsuleNetwork(RecurrentWriter):
+class RecurrentCapsuleNetwork(ClassAccuracy, RecurrentWriter):
     """RCN: a capsule encoder and a per-step capsule decoder around DRAW's LSTMs.
 
     Args:
@@ -193,7 +194,7 @@ class RecurrentCapsuleNetwork(RecurrentWriter):
             last_stage_name="decoder_caps",
             name="capsule_decoder",
         )
-        self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        self.build_accuracy()
 
     def make_reader(self):
         # Without read_images the encoder reads no glimpse: no reader at all
@@ -258,20 +259,12 @@ class RecurrentCapsuleNetwork(RecurrentWriter):
     def forward_with_loss_terms(self, images, labels, training):
         """Outputs and the loss terms: the margin loss of the class capsules,
         Lx and Lz (nats per image)."""
-        if labels is None:
-            raise ValueError("RCN trains on (images, labels): its margin loss needs the class ids.")
+        self.require_labels(labels)
         outputs, terms = super().forward_with_loss_terms(images, labels, training)
         return outputs, {"margin_loss": losses.margin_loss(labels, outputs["scores"]), **terms}
 
     def loss_term_weights(self):
         return {"margin_loss": self.margin_weight}
-
-    @property
-    def extra_metrics(self):
-        return [self.accuracy_tracker]
-
-    def update_extra_metrics(self, images, labels, outputs):
-        self.accuracy_tracker.update_state(losses.class_ids(labels, self.num_classes), outputs["scores"])
 
     def get_config(self):
         config = super().get_config()
