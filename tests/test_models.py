@@ -54,12 +54,14 @@ def test_bad_inputs_are_explained(model):
 
 @pytest.mark.parametrize("name", ["capsnet", pytest.param("deep_capsnet", marks=pytest.mark.slow)])
 def test_loss_falls_on_real_mnist(name, sample_batch):
-    """A few epochs on 256 real MNIST images: the loss must fall clearly."""
+    """Six epochs on 128 real MNIST images: the loss must fall clearly."""
     keras.utils.set_random_seed(1)
     fresh = caps_zoo.create_model(name)
     fresh.compile(optimizer=keras.optimizers.Adam(1e-3))
-    images, labels = sample_batch
-    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(64)
+    # 24 steps of 32 (the loss falls to about 0.3x, accuracy about 0.8, for
+    # seeds 1 and 2) cost half as much as 24 steps of 64 did.
+    images, labels = sample_batch[0][:128], sample_batch[1][:128]
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(32)
     history = fresh.fit(dataset, epochs=6, verbose=0, shuffle=False)
     loss = history.history["loss"]
     assert loss[-1] < 0.6 * loss[0], loss
