@@ -126,6 +126,13 @@ def load(name, /, weights="mnist", **overrides):
                 "from a checkout (pip install -e .) or set CAPS_ZOO_SAVED_MODELS to "
                 "a copy of that folder."
             )
+        if not metadata_path.is_file():
+            raise weights_io.WeightsError(
+                f"'{path}' has no metadata '{metadata_path}' (the configuration it was trained with "
+                "and its SHA-256): a first shipping was interrupted, or the file was copied alone. "
+                "Ship it again (recipes/ship_weights.py), or load the file by its path "
+                "(weights='<path>')."
+            )
         expected = metadata.get("weights_sha256")
         if expected and hashlib.sha256(path.read_bytes()).hexdigest() != expected:
             raise weights_io.WeightsError(

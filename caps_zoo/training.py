@@ -7,7 +7,11 @@ resumable: ``backup/`` (``BackupAndRestore``: weights, optimizer, epoch),
 ``snapshot.weights.npz`` (weights only, float16, rewritten every epoch: small
 enough to commit, so a run can move machines), ``progress.json`` (epochs
 done, training seconds over all restarts) and, once finished,
-``final.weights.npz`` and ``metrics.json``.
+``final.weights.npz`` and then ``metrics.json``, the mark of a finished run
+(``backup/`` is removed only after it). A kill at any point leaves a
+directory that the same call resumes or finishes: mid-epoch or during a
+backup write it resumes from the last readable backup; after the last epoch
+it writes the missing final files without training again.
 
 Model selection. By default (as the shipped runs were trained) the model
 trains on every training image and Keras' ``val_*`` columns are the test
@@ -25,13 +29,16 @@ survive restarts (they read ``best.json``).
 
 import argparse
 import contextlib
+import csv
 import dataclasses
 import functools
 import hashlib
+import io
 import json
 import math
 import os
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -48,6 +55,8 @@ LEARNING_RATE_SCHEDULES = ("exponential", "cosine")
 SELECTION_MODES = ("max", "min")
 BEST_WEIGHTS = "best.weights.npz"
 BEST_RECORD = "best.json"
+SNAPSHOT_WEIGHTS = "snapshot.weights.npz"
+METRICS = "metrics.json"  # written last: the mark of a finished run
 
 
 @dataclasses.dataclass
@@ -303,24 +312,143 @@ class SampleGrid(keras.callbacks.Callback):
 
         self.directory.mkdir(parents=True, exist_ok=True)
         images = self.model.sample(self.count, seed=self.seed)["images"]
-        plots.image_grid(images, self.directory / f"epoch_{epoch + 1:03d}.png",
-                         title=f"{self.model.name}, epoch {epoch + 1}")
+        try:
+            plots.image_grid(images, self.directory / f"epoch_{epoch + 1:03d}.png",
+                             title=f"{self.model.name}, epoch {epoch + 1}")
+        except ValueError as error:  # e.g. NaN samples: a figure must not stop the run
+            print(f"epoch {epoch + 1}: no sample grid ({error})")
 
 
-class WeightsSnapshot(keras.callbacks.Callback):
-    """After every epoch: a float16 weights-only snapshot, and progress.json
-    with the epochs done and the training wall time summed over restarts."""
+class LogRollback(keras.callbacks.Callback):
+    """Keeps ``log.csv`` and ``progress.json`` at the epoch the restored
+    backup holds (``initial_epoch`` without one). An epoch's log row is
+    written before its backup (``EpochCommit``), so a kill between the two,
+    or a torn latest backup that BackupAndRestore replaced by the one
+    before, trains that epoch again: its first row would appear twice. The
+    row moves to ``log.retrained.csv`` (kept, not lost), and the run says so."""
 
-    def __init__(self, run_dir):
+    def __init__(self, run_dir, initial_epoch=0):
         super().__init__()
-        self.path = Path(run_dir) / "snapshot.weights.npz"
+        self.run_dir = Path(run_dir)
+        self.initial_epoch = initial_epoch
+
+    def on_train_begin(self, logs=None):
+        held = backup_epochs(self.run_dir)
+        restored = self.initial_epoch if held is None else held
+        log_path = self.run_dir / "log.csv"
+        rows = []
+        if log_path.is_file():
+            with open(log_path, newline="") as handle:
+                rows = list(csv.reader(handle))
+        if len(rows) > 1 and "epoch" in rows[0]:
+            column = rows[0].index("epoch")
+            kept = [row for row in rows[1:] if int(row[column]) < restored]
+            dropped = [row for row in rows[1:] if int(row[column]) >= restored]
+            if dropped:
+                # Appended first: a kill before the log is rewritten leaves
+                # the rows in both files, never in neither.
+                retrained = self.run_dir / "log.retrained.csv"
+                new_file = not retrained.is_file()
+                with open(retrained, "a", newline="") as handle:
+                    writer = csv.writer(handle)
+                    if new_file:
+                        writer.writerow(rows[0])
+                    writer.writerows(dropped)
+                write_text_atomically(log_path, _csv_text([rows[0], *kept]))
+                print(f"{self.run_dir}: the backup holds {restored} epoch(s); epoch(s) "
+                      f"{', '.join(str(int(r[column]) + 1) for r in dropped)} train again (their "
+                      "first log rows are kept in log.retrained.csv)")
+        progress_path = self.run_dir / "progress.json"
+        if progress_path.is_file():
+            progress = json.loads(progress_path.read_text())
+            if progress["epochs_completed"] != restored:
+                # Its train_seconds keep the time of any epoch trained again.
+                progress["epochs_completed"] = restored
+                write_json_atomically(progress_path, progress)
+
+
+def _csv_text(rows):
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(rows)
+    return buffer.getvalue()
+
+
+class RunBackup(keras.callbacks.BackupAndRestore):
+    """``BackupAndRestore`` (weights, optimizer state, epoch) whose files are
+    written atomically, and only when ``EpochCommit`` says so.
+
+    Keras writes ``latest.weights.h5`` and ``training_metadata.json`` in
+    place: a kill during the first epoch's write left a torn file and no
+    previous one to fall back to (the run could never resume), and a torn
+    metadata file raised a JSONDecodeError that Keras does not catch. Here
+    each file is written beside its name and renamed over it. Keras saves in
+    its own ``on_epoch_end``, before the log row; that is left to
+    ``EpochCommit``, the last callback, so the backup is the last thing an
+    epoch writes (a kill before it trains the epoch again; ``LogRollback``
+    then keeps the log at the backup's epoch).
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        pass  # saved by commit(), called by EpochCommit
+
+    def commit(self, epoch):
+        """Back up the state after ``epoch`` (0-based) has ended."""
+        self._current_epoch = epoch + 1
+        self._last_batch_seen = 0
+        self._save_model()
+
+    def _save_model(self):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        if self.double_checkpoint:
+            for path, previous in ((self._weights_path, self._prev_weights_path),
+                                   (self._training_metadata_path, self._prev_training_metadata_path)):
+                if os.path.exists(path):
+                    shutil.copyfile(path, previous + ".tmp")
+                    os.replace(previous + ".tmp", previous)
+        # Keras wants the .weights.h5 suffix: "partial.weights.h5" is the temporary.
+        partial = os.path.join(self.backup_dir, "partial.weights.h5")
+        self.model.save_weights(filepath=partial, overwrite=True)
+        os.replace(partial, self._weights_path)
+        # Weights before metadata: a kill between them trains that epoch once
+        # more from its own weights, rather than skipping one.
+        write_json_atomically(Path(self._training_metadata_path),
+                              {"epoch": self._current_epoch, "batch": self._last_batch_seen})
+
+
+def backup_epochs(run_dir):
+    """The epochs a run's backup holds (the latest readable pair of weights
+    and metadata, as BackupAndRestore restores it), or None without one."""
+    backup = Path(run_dir) / "backup"
+    for weights, metadata in (("latest.weights.h5", "training_metadata.json"),
+                              ("latest.weights.h5.bkp", "training_metadata.json.bkp")):
+        if (backup / weights).is_file() and (backup / metadata).is_file():
+            try:
+                return json.loads((backup / metadata).read_text())["epoch"]
+            except (ValueError, KeyError):
+                continue
+    return None
+
+
+class EpochCommit(keras.callbacks.Callback):
+    """The last callback of every epoch, in this order: a float16
+    weights-only ``snapshot.weights.npz``; the backup (``RunBackup``); then
+    ``progress.json`` with the epochs done and the training wall time summed
+    over restarts. Every file is written atomically, and progress never gets
+    ahead of the backup: a run whose progress says N epochs has a backup of
+    N epochs, and one without a backup that says N > 0 lost it."""
+
+    def __init__(self, run_dir, backup):
+        super().__init__()
+        self.path = Path(run_dir) / SNAPSHOT_WEIGHTS
         self.progress_path = Path(run_dir) / "progress.json"
+        self.backup = backup
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_started = time.time()
 
     def on_epoch_end(self, epoch, logs=None):
         weights_io.save_weights(self.model, self.path, dtype="float16")
+        self.backup.commit(epoch)
         progress = {"epochs_completed": 0, "train_seconds": 0.0}
         if self.progress_path.is_file():
             progress = json.loads(self.progress_path.read_text())
@@ -328,9 +456,7 @@ class WeightsSnapshot(keras.callbacks.Callback):
         progress["train_seconds"] = round(
             progress["train_seconds"] + time.time() - self.epoch_started, 1
         )
-        # Atomic: a kill during the write must not leave a torn progress.json
-        # that crashes the resume.
-        _write_json_atomically(self.progress_path, progress)
+        write_json_atomically(self.progress_path, progress)
 
 
 def improves(value, best, mode):
@@ -364,10 +490,14 @@ def stop_reason(config, best, epochs_done):
     return None
 
 
-def _write_json_atomically(path, record):
+def write_json_atomically(path, record):
+    write_text_atomically(path, json.dumps(record, indent=2))
+
+
+def write_text_atomically(path, text):
     # A reader (ship_weights, a restart) never sees a half-written file.
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(record, indent=2))
+    temporary.write_text(text)
     os.replace(temporary, path)
 
 
@@ -411,7 +541,7 @@ class BestWeights(keras.callbacks.Callback):
                 "validation_size": self.config.validation_size,
                 "weights_sha256": hashlib.sha256(self.weights_path.read_bytes()).hexdigest(),
             }
-            _write_json_atomically(self.record_path, self.best)
+            write_json_atomically(self.record_path, self.best)
         if stop_reason(self.config, self.best, epoch + 1):
             self.model.stop_training = True
 
@@ -497,11 +627,12 @@ RUN_LOCK = ".lock"
 
 
 @contextlib.contextmanager
-def run_lock(run_dir):
+def run_lock(run_dir, user="training", advice="or train in another --output-dir"):
     """Hold ``run_dir/.lock`` while a run trains there: a second training on
     the same directory (another process, or this one) is refused instead of
     interleaving its epochs with the first's. The operating system releases
-    the lock when the process dies, so a killed run never leaves it locked."""
+    the lock when the process dies, so a killed run never leaves it locked.
+    (ship_weights holds the same lock on ``saved_models/<model>/``.)"""
     import fcntl  # POSIX; imported here so that the module imports anywhere
 
     handle = open(Path(run_dir) / RUN_LOCK, "a+")
@@ -512,8 +643,7 @@ def run_lock(run_dir):
         holder = handle.read().strip() or "another process"
         handle.close()
         raise RuntimeError(
-            f"'{run_dir}' is in use by another training ({holder}). Wait for it to finish, "
-            "or train in another --output-dir."
+            f"'{run_dir}' is in use by another {user} ({holder}). Wait for it to finish, {advice}."
         ) from None
     try:
         handle.truncate(0)
@@ -525,19 +655,43 @@ def run_lock(run_dir):
         handle.close()
 
 
+def _finish_from_snapshot(run_dir, config):
+    """Whether ``run_dir`` trained all its epochs but lost ``backup/`` before
+    its final files (runs of zoo versions that let fit delete the backup, or
+    a backup deleted by hand): then the snapshot of the last epoch is what
+    fit ended with (float16, as final.weights.npz stores it), and the run is
+    finished from it. Raises if epochs are left: without the backup's
+    optimizer state the run would start over."""
+    if backup_epochs(run_dir) is not None or not (run_dir / "progress.json").is_file():
+        return False
+    done = _epochs_done(run_dir, config)
+    if done <= config.initial_epoch:
+        return False  # nothing trained here yet: the run starts (again)
+    selecting = config.validation and config.selection_metric is not None
+    finished = done >= config.epochs or (selecting and stop_reason(config, read_best(run_dir), done))
+    if finished and (run_dir / SNAPSHOT_WEIGHTS).is_file():
+        return True
+    advice = (f"to train on from its weights, pass --init-weights {run_dir / SNAPSHOT_WEIGHTS} "
+              f"--initial-epoch {done} (and --epochs above {done})")
+    raise FileExistsError(
+        f"'{run_dir}' trained {done} of {config.epochs} epochs, but its backup/ (weights, optimizer "
+        "state, epoch) is gone or incomplete, so it cannot resume: training again would start over. "
+        f"Use a new --output-dir; {advice}."
+    )
+
+
 def _train_locked(config, run_dir, callbacks):
-    # Epochs were done here but no backup is left (BackupAndRestore deletes it
-    # when fit ends): running again would silently start over.
-    if (run_dir / "final.weights.npz").is_file() or (
-        (run_dir / "progress.json").is_file() and not (run_dir / "backup").is_dir()
-    ):
+    if (run_dir / METRICS).is_file():
+        # Killed while removing it after metrics.json: nothing in it is needed.
+        shutil.rmtree(run_dir / "backup", ignore_errors=True)
         raise FileExistsError(
-            f"'{run_dir}' holds a finished run (its backup is gone, so it would start over). "
-            "Use a new --output-dir; to train on from this run, pass --init-weights "
-            f"{run_dir / 'snapshot.weights.npz'} --initial-epoch <epochs done>."
+            f"'{run_dir}' holds a finished run (its {METRICS} is written). Use a new --output-dir; "
+            f"to train on from this run, pass --init-weights {run_dir / 'final.weights.npz'} "
+            "--initial-epoch <its epochs>."
         )
     _check_same_experiment(run_dir, config)
-    (run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+    from_snapshot = _finish_from_snapshot(run_dir, config)
+    write_json_atomically(run_dir / "config.json", dataclasses.asdict(config))
     # A restart must not replay the first epochs' shuffles and shifts.
     seed = config.seed + _epochs_done(run_dir, config)
 
@@ -548,12 +702,12 @@ def _train_locked(config, run_dir, callbacks):
         strategy = make_strategy(config.strategy)
         with strategy.scope():
             model = build_model(config)
-        return _fit(model, strategy, config, run_dir, seed, callbacks)
+        return _fit(model, strategy, config, run_dir, seed, callbacks, from_snapshot)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
-def _fit(model, strategy, config, run_dir, seed, callbacks):
+def _fit(model, strategy, config, run_dir, seed, callbacks, from_snapshot=False):
     train_data = data.load(
         config.dataset,
         "train",
@@ -596,36 +750,46 @@ def _fit(model, strategy, config, run_dir, seed, callbacks):
             # (no epoch to run), and the run finishes as it would have.
             epochs = done
 
+    # double_checkpoint: the previous epoch's backup is kept, and Keras falls
+    # back to it when the latest is unreadable. delete_checkpoint=False: the
+    # backup stays until metrics.json is written, so that a kill between fit
+    # and the final files resumes into a fit of no epochs that restores the
+    # weights and finishes.
+    backup = RunBackup(str(run_dir / "backup"), save_freq="epoch", double_checkpoint=True,
+                       delete_checkpoint=False)
     callbacks = [
         *callbacks,
-        # First, so that a kill just after the backup of an epoch cannot
-        # lose that epoch's improvement.
+        # Before the backup is written (EpochCommit), so that a kill cannot
+        # lose a backed-up epoch's improvement.
         *([best_weights] if selecting else []),
-        # double_checkpoint: the previous epoch's backup is kept, and Keras
-        # falls back to it when the latest is unreadable (a kill while it
-        # was being written left "file signature not found" and no resume).
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), save_freq="epoch",
-                                         double_checkpoint=True),
+        # Restores at train begin; then LogRollback, before CSVLogger opens log.csv.
+        backup,
+        LogRollback(run_dir, config.initial_epoch),
         # zip() pairs the rates with the model's optimizers: one, or a GAN's two.
         LearningRateDecay(learning_rates(config), config.learning_rate_decay,
                           schedule=config.learning_rate_schedule, warmup_epochs=config.warmup_epochs,
                           total_epochs=config.epochs, steps_per_epoch=steps_per_epoch),
         keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True),
-        WeightsSnapshot(run_dir),
+        *([SampleGrid(run_dir)] if config.sample_grids else []),
+        EpochCommit(run_dir, backup),  # last: snapshot, backup, progress
     ]
-    if config.sample_grids:
-        callbacks.append(SampleGrid(run_dir))
     started = time.time()
-    history = model.fit(
-        train_data,
-        epochs=epochs,
-        steps_per_epoch=config.steps_per_epoch,
-        initial_epoch=config.initial_epoch,
-        validation_data=val_data,
-        shuffle=False,  # the dataset shuffles itself
-        callbacks=callbacks,
-        verbose=config.verbose,
-    )
+    if from_snapshot:
+        weights_io.load_weights(model, run_dir / SNAPSHOT_WEIGHTS)
+        history = {}
+        if config.verbose:
+            print(f"{run_dir}: all epochs were trained; finishing from {SNAPSHOT_WEIGHTS}")
+    else:
+        history = model.fit(
+            train_data,
+            epochs=epochs,
+            steps_per_epoch=config.steps_per_epoch,
+            initial_epoch=config.initial_epoch,
+            validation_data=val_data,
+            shuffle=False,  # the dataset shuffles itself
+            callbacks=callbacks,
+            verbose=config.verbose,
+        ).history
     wall_seconds = time.time() - started
     weights_io.save_weights(model, run_dir / "final.weights.npz", dtype="float16")
     metrics = {
@@ -639,14 +803,18 @@ def _fit(model, strategy, config, run_dir, seed, callbacks):
         test_metrics = model.evaluate(val_data, return_dict=True, verbose=0)
         metrics["test"] = {k: float(v) for k, v in test_metrics.items()}
     metrics.update({
-        "history": {k: [float(x) for x in v] for k, v in history.history.items()},
+        # This process's epochs (none for a run finished after a kill).
+        "history": {k: [float(x) for x in v] for k, v in history.items()},
         "wall_seconds_this_process": round(wall_seconds, 1),
         "precision": config.precision,
         "strategy": config.strategy,
         "replicas": strategy.num_replicas_in_sync,
         "machine": machine_description(),
     })
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    # metrics.json marks the run finished: written atomically, and only then
+    # is the backup (no longer needed to finish) removed.
+    write_json_atomically(run_dir / METRICS, metrics)
+    shutil.rmtree(run_dir / "backup", ignore_errors=True)
     return metrics
 
 

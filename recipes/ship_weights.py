@@ -40,6 +40,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -52,7 +53,9 @@ from caps_zoo import data, metrics, plots, registry
 from caps_zoo import weights as weights_io
 from caps_zoo.models import CapsuleNetwork
 from caps_zoo.models.base import GenerativeModel
-from caps_zoo.training import BEST_RECORD, BEST_WEIGHTS, machine_description
+from caps_zoo.training import BEST_RECORD, BEST_WEIGHTS, machine_description, run_lock
+
+STAGING_PREFIX = ".staging-"
 
 SELECTION_RULES = ("validation", "last")
 # How long to wait for a running run to finish writing an epoch's files.
@@ -171,20 +174,27 @@ def main(argv=None):
     parser.add_argument("--replace", action="store_true",
                         help="replace the weights already shipped under --tag (refused without it)")
     args = parser.parse_args(argv)
+    if args.frechet_samples < 0:
+        parser.error(f"--frechet-samples must be >= 0 (0: no Frechet distance); got {args.frechet_samples}")
 
     run_dir = Path(args.run_dir)
     config = json.loads((run_dir / "config.json").read_text())
     weights_path, metadata_path = registry.pretrained_paths(config["model"], args.tag)
-    existing = [path for path in (weights_path, metadata_path) if path.exists()]
-    if existing and not args.replace:
-        parser.error(
-            f"refusing to replace {', '.join(map(str, existing))}: '{config['model']}' already ships "
-            f"weights tagged '{args.tag}'. Pass --replace to replace them (after this run's "
-            "weights are measured, all files at once), or choose another --tag."
-        )
+
+    def refuse_to_replace():
+        existing = [path for path in (weights_path, metadata_path) if path.exists()]
+        if existing and not args.replace:
+            parser.error(
+                f"refusing to replace {', '.join(map(str, existing))}: '{config['model']}' already ships "
+                f"weights tagged '{args.tag}'. Pass --replace to replace them (after this run's "
+                "weights are measured, all files at once), or choose another --tag."
+            )
+
+    refuse_to_replace()  # early, before minutes of measuring; again under the lock
     rule = selection_rule(config)
     check_select(parser, args.select, rule, config)
-    finished = (run_dir / "final.weights.npz").is_file()
+    # metrics.json is written last by a finished run (caps_zoo.training).
+    finished = (run_dir / "metrics.json").is_file() and (run_dir / "final.weights.npz").is_file()
     best = None
     if rule == "validation":
         model_weights, best, log_text = read_selected_epoch(parser, run_dir)
@@ -210,16 +220,24 @@ def main(argv=None):
     # moved into place only once it is all measured: a failure (or a kill)
     # before that leaves the shipped weights and metadata as they were.
     weights_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=weights_path.parent, prefix=".staging-") as staging:
-        staging = Path(staging)
-        run = RunToShip(run_dir, config, overrides, rule, best, finished, log, log_text,
-                        model_weights, weights_name, epochs_completed, wall_hours)
-        shipped = stage_and_measure(args, run, staging, weights_path.name)
-        metadata = json.loads((staging / metadata_path.name).read_text())
-        # Weights first, metadata last: the metadata names the weights'
-        # SHA-256, so a kill between the moves is detected on load.
-        for name in sorted(shipped, key=lambda n: n == metadata_path.name):
-            os.replace(staging / name, weights_path.parent / name)
+    # One shipping per model folder at a time; under the lock, a staging
+    # folder left behind is a killed shipping's, and goes.
+    with run_lock(weights_path.parent, user="shipping", advice="then ship again"):
+        refuse_to_replace()  # another shipping may have finished meanwhile
+        for stale in weights_path.parent.glob(STAGING_PREFIX + "*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        with tempfile.TemporaryDirectory(dir=weights_path.parent, prefix=STAGING_PREFIX) as staging:
+            staging = Path(staging)
+            run = RunToShip(run_dir, config, overrides, rule, best, finished, log, log_text,
+                            model_weights, weights_name, epochs_completed, wall_hours)
+            shipped = stage_and_measure(args, run, staging, weights_path.name)
+            metadata = json.loads((staging / metadata_path.name).read_text())
+            # Weights first, metadata last: the metadata names the weights'
+            # SHA-256, so a kill between the moves is detected on load (and
+            # the same shipping, run again with --replace, completes it).
+            order = {weights_path.name: 0, metadata_path.name: 2}  # the rest (log, figures): 1
+            for name in sorted(shipped, key=lambda n: (order.get(n, 1), n)):
+                os.replace(staging / name, weights_path.parent / name)
     print(json.dumps(metadata, indent=2))
     print(f"wrote {weights_path} ({weights_path.stat().st_size / 2**20:.1f} MiB)")
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import caps_zoo
 from caps_zoo import metrics
-from caps_zoo.training import TrainConfig, recipe_argument_parser, run_recipe
+from caps_zoo.training import TrainConfig, recipe_argument_parser, run_recipe, write_json_atomically
 
 # The models this recipe's data, augmentation and selection are for.
 MODELS = ("gran1", "gran3", "gran5")
@@ -55,7 +55,10 @@ def parse_args(argv=None):
     parser.add_argument("--latent-dim", type=int, help="size of z (60)")
     parser.add_argument("--frechet-samples", type=int, default=10_000,
                         help="generated images for the final Frechet distance (0: skip)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.frechet_samples < 0:
+        parser.error(f"--frechet-samples must be >= 0 (0 skips the distance); got {args.frechet_samples}")
+    return args
 
 
 ARCHITECTURE_OPTIONS = ("steps", "noise_mode", "latent_dim")
@@ -74,7 +77,7 @@ def add_frechet_distance(run_dir, n_samples):
     frechet = metrics.sample_frechet_report(model, config["dataset"], n_samples)
     results = json.loads((run_dir / "metrics.json").read_text())
     results["frechet"] = frechet
-    (run_dir / "metrics.json").write_text(json.dumps(results, indent=2))
+    write_json_atomically(run_dir / "metrics.json", results)
     print(json.dumps(frechet, indent=2))
     return results
 
@@ -82,10 +85,18 @@ def add_frechet_distance(run_dir, n_samples):
 def main(argv=None):
     args = parse_args(argv)
     overrides = model_overrides(args)
-    results = run_recipe(args, overrides)
     # The distance is to the test split: a validation run leaves it to
     # ship_weights.py, which measures the shipped weights once.
-    if args.frechet_samples and not args.validation:
+    measure = args.frechet_samples and not args.validation
+    finished = Path(args.output_dir) / "metrics.json"
+    if measure and finished.is_file() and "frechet" not in json.loads(finished.read_text()):
+        # Killed after training, before the distance: finish what is missing,
+        # if this is the command that trained it (else run_recipe refuses).
+        trained = json.loads((Path(args.output_dir) / "config.json").read_text())
+        if trained["model"] == (args.model or DEFAULTS.model) and trained["model_overrides"] == overrides:
+            return add_frechet_distance(args.output_dir, args.frechet_samples)
+    results = run_recipe(args, overrides)
+    if measure:
         results = add_frechet_distance(args.output_dir, args.frechet_samples)
     return results
 

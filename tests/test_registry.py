@@ -99,3 +99,12 @@ def test_pretrained_files_are_where_the_registry_looks():
 def test_weights_argument_of_the_wrong_type():
     with pytest.raises(TypeError, match="pretrained tag, a path or None"):
         caps_zoo.load("capsnet", weights=3)
+
+
+def test_pretrained_weights_without_their_metadata_are_refused(scratch_saved_models):
+    """A first shipping killed between its moves leaves weights without
+    metadata: loaded, they would skip the SHA-256 check and the overrides
+    they were trained with."""
+    (scratch_saved_models / "capsnet" / "mnist.json").unlink()
+    with pytest.raises(weights_io.WeightsError, match=r"has no metadata .* a first shipping was interrupted"):
+        caps_zoo.load("capsnet")
