@@ -24,6 +24,16 @@ Every model names its serving functions in ``model.serving_endpoints()``:
 
 The SavedModel holds every endpoint plus ``serving_default`` (the first);
 the flatbuffer holds one (the first unless named). Batch sizes are dynamic.
+
+Served inputs are checked in the graph, so that one malformed request gets
+an error back (``InvalidArgumentError``; TF Serving answers INVALID_ARGUMENT)
+instead of reaching a convolution that aborts the whole server: the shape
+(rank and every dimension but the batch), finite values, and ``images``
+within the model's ``IMAGE_VALUES`` ([0, 1]; {0, 1} for DRAW, DCRW, RCN). For that the SavedModel's signatures declare inputs of
+any shape (``saved_model_cli show`` lists them as unknown rank): a declared
+shape is taken on trust at run time, so the checks could not see a wrong
+one. The shapes each input must have are listed above and stated in every
+error. ``tflite_predict`` makes the same checks before the interpreter runs.
 """
 
 import numbers
@@ -36,13 +46,50 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from caps_zoo import checks
+
 
 def default_signature(model):
     """The name of ``model``'s first serving endpoint (e.g. ``classify``)."""
     return next(iter(model.serving_endpoints()))
 
 
-def _write_saved_model(model, directory, names=None):
+def describe_shape(shape):
+    """``(batch, 28, 28, 1)`` for ``[None, 28, 28, 1]``."""
+    return "(" + ", ".join("batch" if size is None else str(size) for size in shape) + ")"
+
+
+def _checked_input(spec, tensor, image_values):
+    """``tensor`` after in-graph checks of ``spec``'s shape and of its values
+    (``caps_zoo.checks``: ``images`` within ``image_values``, the rest finite)."""
+    expected = [-1 if size is None else size for size in spec.shape.as_list()]
+    shape = tf.shape(tensor, out_type=tf.int32)
+    rank_matches = tf.equal(tf.size(shape), len(expected))
+    shape_matches = tf.cond(
+        rank_matches,
+        lambda: tf.reduce_all((tf.reshape(shape, [len(expected)]) == expected) | (tf.constant(expected) < 0)),
+        lambda: tf.constant(False),
+    )
+    check = tf.debugging.Assert(shape_matches, [
+        f"{spec.name} must have shape {describe_shape(spec.shape.as_list())}; got shape", shape], summarize=8)
+    with tf.control_dependencies([check]):
+        tensor = tf.ensure_shape(tf.identity(tensor), spec.shape)
+    if spec.name == "images":
+        return checks.assert_image_values(tensor, image_values, spec.name)
+    return checks.assert_finite(tensor, spec.name)
+
+
+def _served(function, input_signature, image_values):
+    """The endpoint as a SavedModel serves it: inputs of any shape, checked."""
+
+    def serve(*tensors):
+        return function(*[_checked_input(spec, tensor, image_values)
+                          for spec, tensor in zip(input_signature, tensors)])
+
+    return serve, [tf.TensorSpec(None, spec.dtype, name=spec.name) for spec in input_signature]
+
+
+def _write_saved_model(model, directory, names=None, checked=True):
     archive = keras.export.ExportArchive()
     archive.track(model)
     endpoints = model.serving_endpoints()
@@ -50,6 +97,8 @@ def _write_saved_model(model, directory, names=None):
         if name not in endpoints:
             raise KeyError(f"{model.name} has no serving endpoint '{name}'; it has {sorted(endpoints)}.")
         function, input_signature = endpoints[name]
+        if checked:
+            function, input_signature = _served(function, input_signature, model.IMAGE_VALUES)
         archive.add_endpoint(name, function, input_signature=input_signature)
     # The first endpoint is also written as "serving_default" (TF Serving's
     # default signature), the same concrete function.
@@ -109,7 +158,9 @@ def export_tflite(model, path, signature=None):
     # concrete function: from_concrete_functions(..., model) does not freeze
     # a Keras 3 model's variables (the flatbuffer comes out without weights).
     with tempfile.TemporaryDirectory() as saved_model_dir:
-        _write_saved_model(model, saved_model_dir, names=[signature])
+        # Unchecked: LiteRT's builtin ops have no Assert, and its interpreter
+        # holds static shapes (tflite_predict checks the inputs instead).
+        _write_saved_model(model, saved_model_dir, names=[signature], checked=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(
             saved_model_dir, signature_keys=[signature]
         )
@@ -136,5 +187,24 @@ def tflite_predict(path, images=None, signature=None, **inputs):
     if signature is None:
         signature = next(iter(interpreter.get_signature_list()))
     runner = interpreter.get_signature_runner(signature)
+    details = runner.get_input_details()
+    if set(inputs) != set(details):
+        raise TypeError(f"{signature} takes the inputs {sorted(details)}; got {sorted(inputs)}.")
+    arrays = {}
+    for name, value in inputs.items():
+        expected = [None if size < 0 else int(size) for size in details[name]["shape_signature"]]
+        array = np.asarray(value)
+        if not np.issubdtype(array.dtype, np.floating):
+            raise TypeError(f"{name} must be float32; got dtype {array.dtype}.")
+        if array.ndim != len(expected) or any(
+                size is not None and size != got for size, got in zip(expected, array.shape)):
+            raise ValueError(f"{name} must have shape {describe_shape(expected)}; got {array.shape}.")
+        # The flatbuffer does not know its model: images are checked as
+        # intensities in [0, 1] (binarize them for the Bernoulli models).
+        if name == "images":
+            checks.check_image_values(array, checks.UNIT, name)
+        elif not np.all(np.isfinite(array)):
+            raise ValueError(f"{name} must hold finite values; got NaN or inf.")
+        arrays[name] = array.astype(np.float32)
     # The signature runner resizes the dynamic batch dimension to the inputs'.
-    return runner(**{name: np.asarray(value, dtype=np.float32) for name, value in inputs.items()})
+    return runner(**arrays)

@@ -37,6 +37,8 @@ neighbours come from ``caps_zoo.metrics.nearest_neighbours``.
 import numpy as np
 from matplotlib.figure import Figure
 
+from caps_zoo import checks
+
 DEFAULT_DIMS = range(16)
 DEFAULT_DELTAS = np.linspace(-0.25, 0.25, 11)  # Sabour et al.: steps of 0.05
 
@@ -311,6 +313,7 @@ def _grey_images(images, what="images"):
             f"{what}: expected grey images (n, height, width, 1) or (n, height, width); "
             f"got shape {images.shape}."
         )
+    checks.check_image_values(images, checks.UNIT, what)
     return images.astype(np.float32)
 
 

@@ -1,4 +1,5 @@
 import hashlib
+import re
 import os
 from pathlib import Path
 
@@ -225,3 +226,31 @@ def test_too_few_training_images_for_a_validation_split(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="validation_size must be >= 1"):
         data.load_arrays("mnist", "validation", validation_size=0)
     assert data.num_examples("mnist", "validation", validation_size=49) == 49
+
+
+@pytest.mark.parametrize("change, message", [
+    ("corrupt", r"is not a readable npz"),
+    ("missing x_test", r"has no x_test \(it has \['x_train', 'y_test', 'y_train'\]\)"),
+    ("float images", r"x_test must be uint8 images .* got dtype float32.*divides by 255 itself"),
+    ("labels 0-10", r"y_test must be class ids 0-9; got 0 to 10"),
+    ("labels of another length", r"y_test must be integer labels \(20,\); got dtype uint8, shape \(19,\)"),
+])
+def test_bad_local_files_are_refused_with_their_path(change, message, tmp_path, monkeypatch):
+    arrays = _write_fake_npz(tmp_path)
+    path = tmp_path / "mnist.npz"
+    if change == "corrupt":
+        path.write_bytes(path.read_bytes()[:500])
+    else:
+        if change == "missing x_test":
+            del arrays["x_test"]
+        elif change == "float images":
+            arrays["x_test"] = arrays["x_test"].astype("float32") / 255.0
+        elif change == "labels 0-10":
+            arrays["y_test"][0] = 10
+        else:
+            arrays["y_test"] = arrays["y_test"][:19]
+        np.savez(path, **arrays)
+    monkeypatch.setenv(data.DATA_ENV, str(tmp_path))
+    _keras_download_fails(monkeypatch)
+    with pytest.raises(data.DataFileError, match=re.escape(str(path)) + ".*" + message):
+        data.load_arrays("mnist", "test")

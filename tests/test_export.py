@@ -36,8 +36,12 @@ def test_saved_model_signatures(case):
     loaded = tf.saved_model.load(str(case["version_dir"]))
     assert {"classify", "serving_default"} <= set(loaded.signatures)
     _, inputs = loaded.signatures["classify"].structured_input_signature
-    assert inputs["images"].shape.as_list() == [None, 28, 28, 1]
+    # Any shape is declared (a declared one would be trusted at run time);
+    # the signature checks it is (batch, 28, 28, 1) and says so when not.
+    assert inputs["images"].shape.rank is None
     assert inputs["images"].dtype == tf.float32
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"images must have shape \(batch, 28, 28, 1\)"):
+        loaded.signatures["classify"](images=tf.zeros((2, 28, 28)))
 
 
 def test_refuses_to_overwrite_a_version(case, tmp_path):

@@ -99,9 +99,37 @@ def _validation_start(name, train_count, validation_size):
     return train_count - validation_size
 
 
+class DataFileError(ValueError):
+    """A dataset file that is not an MNIST-style npz (names its path)."""
+
+
 def _read_npz(path, split):
-    with np.load(path, allow_pickle=False) as archive:
-        return archive[f"x_{split}"], archive[f"y_{split}"]
+    """``x_<split>``, ``y_<split>`` of an npz in Keras' layout, checked: uint8
+    images ``(n, h, w)`` (float arrays were rescaled by /255 a second time),
+    integer labels ``(n,)`` in [0, 9]; every error names the file."""
+    layout = "Keras' npz layout: x_train, y_train, x_test, y_test; uint8 images (n, 28, 28), labels (n,) in 0-9"
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [key for key in (f"x_{split}", f"y_{split}") if key not in archive.files]
+            if missing:
+                raise DataFileError(f"'{path}' has no {' or '.join(missing)} (it has {sorted(archive.files)}); "
+                                    f"expected {layout}.")
+            images, labels = archive[f"x_{split}"], archive[f"y_{split}"]
+    except DataFileError:
+        raise
+    except Exception as error:  # zipfile, pickle and OS errors come in many types
+        raise DataFileError(f"'{path}' is not a readable npz ({type(error).__name__}: {error}); "
+                            f"expected {layout}.") from error
+    if images.dtype != np.uint8 or images.ndim != 3:
+        raise DataFileError(f"'{path}': x_{split} must be uint8 images (n, height, width); got dtype "
+                            f"{images.dtype}, shape {images.shape}. Store the 0-255 pixels as uint8 (the zoo "
+                            "divides by 255 itself).")
+    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
+        raise DataFileError(f"'{path}': y_{split} must be integer labels ({len(images)},); got dtype "
+                            f"{labels.dtype}, shape {labels.shape}.")
+    if len(labels) and (labels.min() < 0 or labels.max() > 9):
+        raise DataFileError(f"'{path}': y_{split} must be class ids 0-9; got {labels.min()} to {labels.max()}.")
+    return images, labels
 
 
 def load_arrays(name, split, holdout_validation=False, validation_size=VALIDATION_SIZE):

@@ -30,7 +30,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from caps_zoo import losses
+from caps_zoo import checks, losses
 
 TOTAL_LOSS = "loss"
 
@@ -94,6 +94,10 @@ class TermMeans:
 class ZooModel(keras.Model):
     """What every zoo model declares (see the module docstring)."""
 
+    # The values its images must hold (caps_zoo.checks): intensities, or
+    # binarized images for the Bernoulli likelihoods (writers, RCN).
+    IMAGE_VALUES = checks.UNIT
+
     def named_optimizers(self):
         """``{compile argument: optimizer}`` of the compiled model."""
         return {"optimizer": self.optimizer}
@@ -109,15 +113,26 @@ class ZooModel(keras.Model):
         return stored_path
 
     def unpack_batch(self, data):
-        """``(x, y)`` of a batch; sample weights are refused, since every loss
-        of the zoo is a plain batch mean of its terms."""
+        """``(images, y)`` of a training or evaluation batch, the images
+        checked in the graph (``caps_zoo.checks``: finite, within
+        ``IMAGE_VALUES``); sample weights are refused, since every loss of the
+        zoo is a plain batch mean of its terms."""
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if sample_weight is not None:
             raise ValueError(
                 f"{type(self).__name__} does not support sample weights: its loss is the "
                 "batch mean of its loss terms."
             )
-        return x, y
+        return checks.assert_image_values(x, self.IMAGE_VALUES, f"{self.name}: images"), y
+
+    def check_call_inputs(self, x):
+        """``predict``'s inputs after in-graph checks: images by default
+        (a generator whose call takes noise says otherwise)."""
+        return checks.assert_image_values(x, self.IMAGE_VALUES, f"{self.name}: images")
+
+    def predict_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return self(self.check_call_inputs(x), training=False)
 
 
 class GenerativeModel:
@@ -137,11 +152,13 @@ class ClassAccuracy:
         self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
 
     def require_labels(self, labels):
+        """``labels``, checked (class ids in range, or one-hot targets)."""
         if labels is None:
             raise ValueError(
                 f"{self.name} trains and evaluates on (images, labels): its margin loss needs the "
                 "class ids. For predictions on images alone use predict() or the model's call."
             )
+        return checks.assert_class_ids(labels, self.num_classes, f"{self.name}: labels")
 
     @property
     def extra_metrics(self):

@@ -1,8 +1,11 @@
-"""What the zoo's models share: how registered builders make them, and the
-check of the images they are given."""
+"""What the zoo's models share: how registered builders make them, the
+check of the images they are given (in the wording of ``caps_zoo.checks``)
+and per-replica noise."""
 
 import keras
 import tensorflow as tf
+
+from caps_zoo import checks
 
 
 def build_compiled(model_class, name, defaults, overrides, optimizer=None):
@@ -19,29 +22,22 @@ def build_compiled(model_class, name, defaults, overrides, optimizer=None):
     return model
 
 
-def check_images(model, images, values="with values in [0, 1]",
-                 dtype_hint="Convert with images.astype('float32') / 255."):
-    """Raise a clear error unless ``images`` is a float batch of ``model.image_shape``.
-
-    ``values`` says what the values must be, ``dtype_hint`` how to fix
-    integer images (the binary models say how to binarize).
-    """
+def check_images(model, images):
+    """Raise a clear error unless ``images`` is a float batch of
+    ``model.image_shape`` with values in ``model.IMAGE_VALUES`` (the values
+    are checked when ``images`` are concrete: in a traced step
+    ``ZooModel``'s in-graph checks do it)."""
+    values = model.IMAGE_VALUES
     if len(images.shape) != 4 or tuple(images.shape[1:]) != model.image_shape:
         raise ValueError(
             f"{model.name} expects images of shape (batch, {', '.join(map(str, model.image_shape))}) "
-            f"{values}; got shape {tuple(images.shape)}."
+            f"with values in {values}; got shape {tuple(images.shape)}."
         )
     dtype = keras.backend.standardize_dtype(images.dtype)
     if not dtype.startswith(("float", "bfloat")):
-        raise TypeError(f"{model.name} expects float images {values}; got dtype {dtype}. {dtype_hint}")
-
-
-def check_count(name, value):
-    """``int(value)``, or a clear ValueError unless it is an integer >= 1
-    (``sample(0)`` returned a scalar, ``steps=-1`` an internal error)."""
-    if isinstance(value, bool) or not float(value).is_integer() or int(value) < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}.")
-    return int(value)
+        raise TypeError(f"{model.name} expects float images with values in {values}; got dtype {dtype}. "
+                        + checks.DTYPE_HINT[values])
+    checks.check_image_values(images, values, f"{model.name}: images")
 
 
 def replica_normal(shape, seed_generator):

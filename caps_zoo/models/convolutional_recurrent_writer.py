@@ -50,11 +50,12 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from caps_zoo import losses
+from caps_zoo import checks, losses
 from caps_zoo.layers import FilterbankRead, FilterbankWrite
 from caps_zoo.layers.filterbank import window_box
 from caps_zoo.models.base import GenerativeModel, LossTermsModel
-from caps_zoo.models.builder import build_compiled, check_count, check_images, replica_normal
+from caps_zoo.checks import check_count
+from caps_zoo.models.builder import build_compiled, check_images, replica_normal
 from caps_zoo.registry import register_model
 
 PAPER = "dcrw-convolutional-recurrent-writer.txt"
@@ -80,6 +81,8 @@ class RecurrentWriter(GenerativeModel, LossTermsModel):
     """
 
     LOSS_TERMS = ("reconstruction_nll", "latent_kl")
+    # Bernoulli pixels: the bound holds for binary images only.
+    IMAGE_VALUES = checks.BINARY
 
     def __init__(
         self,
@@ -252,8 +255,7 @@ class RecurrentWriter(GenerativeModel, LossTermsModel):
         ``latent_kl`` Lz per image (nats), plus a subclass's
         ``image_context`` outputs.
         """
-        check_images(self, images, "with values in {0, 1}",
-                     "Use caps_zoo.data.load(..., binarize='stochastic' or 'fixed').")
+        check_images(self, images)
         images = ops.cast(images, "float32")
         batch = ops.shape(images)[0]
         canvas = ops.zeros((batch, *self.image_shape), dtype="float32")

@@ -175,7 +175,7 @@ class CapsuleNetwork(ClassAccuracy, LossTermsModel):
 
     def forward_with_loss_terms(self, images, labels, training):
         """Outputs (the decoder masked by the true ``labels``) and the loss terms."""
-        self.require_labels(labels)
+        labels = self.require_labels(labels)
         outputs = self(images, training=training, labels=labels)
         return outputs, {
             "margin_loss": losses.margin_loss(labels, outputs["scores"]),

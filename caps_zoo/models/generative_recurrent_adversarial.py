@@ -47,9 +47,10 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from caps_zoo import losses
+from caps_zoo import checks, losses
 from caps_zoo.models.base import AdversarialModel, GenerativeModel
-from caps_zoo.models.builder import build_compiled, check_count, check_images, replica_normal
+from caps_zoo.checks import check_count
+from caps_zoo.models.builder import build_compiled, check_images, replica_normal
 from caps_zoo.registry import register_model
 
 PAPER = "gran-recurrent-adversarial.txt"
@@ -328,6 +329,9 @@ class RecurrentAdversarialNetwork(GenerativeModel, AdversarialModel):
 
     def call(self, noise, steps=None, training=False):
         return self.generator(noise, steps=steps, training=training)
+
+    def check_call_inputs(self, noise):
+        return checks.assert_finite(noise, f"{self.name}: noise")
 
     def generate(self, noise, steps=None):
         """Images from ``noise`` (inference mode, deterministic)."""

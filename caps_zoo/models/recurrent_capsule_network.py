@@ -243,8 +243,7 @@ class RecurrentCapsuleNetwork(ClassAccuracy, RecurrentWriter):
         """The capsule encoder alone: ``{"scores": (b, classes) capsule lengths,
         "classes": (b,) int64}`` (the recurrence is not run)."""
         images = ops.convert_to_tensor(images)
-        check_images(self, images, "with values in {0, 1}",
-                     "Use caps_zoo.data.load(..., binarize='stochastic' or 'fixed').")
+        check_images(self, images)
         scores = self.length(self.capsule_encoder(ops.cast(images, "float32"), training=False))
         return {"scores": scores, "classes": tf.argmax(scores, axis=-1, output_type=tf.int64)}
 
@@ -259,7 +258,7 @@ class RecurrentCapsuleNetwork(ClassAccuracy, RecurrentWriter):
     def forward_with_loss_terms(self, images, labels, training):
         """Outputs and the loss terms: the margin loss of the class capsules,
         Lx and Lz (nats per image)."""
-        self.require_labels(labels)
+        labels = self.require_labels(labels)
         outputs, terms = super().forward_with_loss_terms(images, labels, training)
         return outputs, {"margin_loss": losses.margin_loss(labels, outputs["scores"]), **terms}
 
