@@ -99,6 +99,12 @@ def check_image_array(images, what="images", shape=None, allowed=UNIT):
     return images
 
 
+def check_finite(values, what):
+    """Raise unless concrete ``values`` hold no NaN or inf."""
+    if is_concrete(values) and not np.all(np.isfinite(np.asarray(values, dtype=np.float32))):
+        raise ValueError(f"{what} must hold finite values; got NaN or inf.")
+
+
 def assert_finite(tensor, what):
     """``tensor`` after an in-graph check that it holds no NaN or inf."""
     tensor = tf.convert_to_tensor(tensor)

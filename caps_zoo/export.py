@@ -203,8 +203,8 @@ def tflite_predict(path, images=None, signature=None, **inputs):
         # intensities in [0, 1] (binarize them for the Bernoulli models).
         if name == "images":
             checks.check_image_values(array, checks.UNIT, name)
-        elif not np.all(np.isfinite(array)):
-            raise ValueError(f"{name} must hold finite values; got NaN or inf.")
+        else:
+            checks.check_finite(array, name)
         arrays[name] = array.astype(np.float32)
     # The signature runner resizes the dynamic batch dimension to the inputs'.
     return runner(**arrays)

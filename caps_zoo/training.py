@@ -852,6 +852,15 @@ def _validation_results(model, val_data, config, run_dir, best_weights):
 # -- the command line every training recipe shares -----------------------------
 
 
+def sample_count(text):
+    """argparse type of ``--frechet-samples``: an integer >= 0 (0 skips the
+    distance; -1 used to exit 0 with the score "skipped")."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (0 skips the Frechet distance); got {value}")
+    return value
+
+
 def recipe_argument_parser(description, defaults, models):
     """An argparse parser of the TrainConfig fields every recipe takes.
 

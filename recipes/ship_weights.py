@@ -53,7 +53,7 @@ from caps_zoo import data, metrics, plots, registry
 from caps_zoo import weights as weights_io
 from caps_zoo.models import CapsuleNetwork
 from caps_zoo.models.base import GenerativeModel
-from caps_zoo.training import BEST_RECORD, BEST_WEIGHTS, machine_description, run_lock
+from caps_zoo.training import BEST_RECORD, BEST_WEIGHTS, METRICS, machine_description, run_lock, sample_count
 
 STAGING_PREFIX = ".staging-"
 
@@ -163,7 +163,7 @@ def main(argv=None):
     parser.add_argument("--wall-hours", type=float,
                         help="training wall time so far; default: from the run's progress.json")
     parser.add_argument("--tag", default="mnist")
-    parser.add_argument("--frechet-samples", type=int, default=10_000,
+    parser.add_argument("--frechet-samples", type=sample_count, default=10_000,
                         help="generators: samples for the Frechet distance (0: no Frechet "
                              "distance or figures)")
     parser.add_argument("--notes", default="", help="e.g. how the machine was shared")
@@ -174,8 +174,6 @@ def main(argv=None):
     parser.add_argument("--replace", action="store_true",
                         help="replace the weights already shipped under --tag (refused without it)")
     args = parser.parse_args(argv)
-    if args.frechet_samples < 0:
-        parser.error(f"--frechet-samples must be >= 0 (0: no Frechet distance); got {args.frechet_samples}")
 
     run_dir = Path(args.run_dir)
     config = json.loads((run_dir / "config.json").read_text())
@@ -194,7 +192,7 @@ def main(argv=None):
     rule = selection_rule(config)
     check_select(parser, args.select, rule, config)
     # metrics.json is written last by a finished run (caps_zoo.training).
-    finished = (run_dir / "metrics.json").is_file() and (run_dir / "final.weights.npz").is_file()
+    finished = (run_dir / METRICS).is_file() and (run_dir / "final.weights.npz").is_file()
     best = None
     if rule == "validation":
         model_weights, best, log_text = read_selected_epoch(parser, run_dir)
@@ -339,8 +337,8 @@ def stage_and_measure(args, run, staging, shipped_weights_name):
             "selected_epoch": epochs_completed,
         }
     stopped_early = None
-    if finished and (run_dir / "metrics.json").is_file():
-        stopped_early = json.loads((run_dir / "metrics.json").read_text()).get("stopped_early")
+    if finished:
+        stopped_early = json.loads((run_dir / METRICS).read_text()).get("stopped_early")
     if finished:
         status = f"finished ({stopped_early})" if stopped_early else "finished"
     elif best:

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import caps_zoo
 from caps_zoo import metrics
-from caps_zoo.training import TrainConfig, recipe_argument_parser, run_recipe, write_json_atomically
+from caps_zoo.training import (METRICS, TrainConfig, recipe_argument_parser, run_recipe, sample_count,
+                               write_json_atomically)
 
 # The models this recipe's data, augmentation and selection are for.
 MODELS = ("gran1", "gran3", "gran5")
@@ -53,12 +54,9 @@ def parse_args(argv=None):
     parser.add_argument("--noise-mode", choices=("once", "every_step"),
                         help="z drawn once per image (default) or at every step")
     parser.add_argument("--latent-dim", type=int, help="size of z (60)")
-    parser.add_argument("--frechet-samples", type=int, default=10_000,
+    parser.add_argument("--frechet-samples", type=sample_count, default=10_000,
                         help="generated images for the final Frechet distance (0: skip)")
-    args = parser.parse_args(argv)
-    if args.frechet_samples < 0:
-        parser.error(f"--frechet-samples must be >= 0 (0 skips the distance); got {args.frechet_samples}")
-    return args
+    return parser.parse_args(argv)
 
 
 ARCHITECTURE_OPTIONS = ("steps", "noise_mode", "latent_dim")
@@ -75,9 +73,9 @@ def add_frechet_distance(run_dir, n_samples):
     model = caps_zoo.load(config["model"], weights=str(run_dir / "final.weights.npz"),
                           **config["model_overrides"])
     frechet = metrics.sample_frechet_report(model, config["dataset"], n_samples)
-    results = json.loads((run_dir / "metrics.json").read_text())
+    results = json.loads((run_dir / METRICS).read_text())
     results["frechet"] = frechet
-    write_json_atomically(run_dir / "metrics.json", results)
+    write_json_atomically(run_dir / METRICS, results)
     print(json.dumps(frechet, indent=2))
     return results
 
@@ -88,7 +86,7 @@ def main(argv=None):
     # The distance is to the test split: a validation run leaves it to
     # ship_weights.py, which measures the shipped weights once.
     measure = args.frechet_samples and not args.validation
-    finished = Path(args.output_dir) / "metrics.json"
+    finished = Path(args.output_dir) / METRICS
     if measure and finished.is_file() and "frechet" not in json.loads(finished.read_text()):
         # Killed after training, before the distance: finish what is missing,
         # if this is the command that trained it (else run_recipe refuses).

@@ -306,6 +306,18 @@ def test_every_model_has_one_recipe_and_recipes_refuse_other_families(capsys):
     assert "invalid choice: 'draw'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("recipe", ["train_gran.py", "ship_weights.py"])
+def test_a_negative_frechet_sample_count_is_refused_in_one_line(recipe, capsys):
+    """--frechet-samples -1 exited 0 with the score "skipped"."""
+    main = runpy.run_path(str(RECIPE.parent / recipe))
+    parse = main["parse_args"] if recipe == "train_gran.py" else main["main"]
+    required = [] if recipe == "train_gran.py" else ["--run-dir", "r", "--command", "c"]
+    with pytest.raises(SystemExit) as exit_info:
+        parse([*required, "--frechet-samples", "-1"])
+    assert exit_info.value.code == 2
+    assert "argument --frechet-samples: must be >= 0 (0 skips the Frechet distance); got -1" in capsys.readouterr().err
+
+
 def test_a_resume_with_changed_settings_is_refused(tmp_path):
     """Resuming may change how long and how a run trains, not what it trains:
     config.json used to be rewritten silently to describe only the second part."""

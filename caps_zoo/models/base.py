@@ -123,12 +123,16 @@ class ZooModel(keras.Model):
                 f"{type(self).__name__} does not support sample weights: its loss is the "
                 "batch mean of its loss terms."
             )
-        return checks.assert_image_values(x, self.IMAGE_VALUES, f"{self.name}: images"), y
+        return self.checked_images(x), y
+
+    def checked_images(self, images):
+        """``images`` after the in-graph checks of their values."""
+        return checks.assert_image_values(images, self.IMAGE_VALUES, f"{self.name}: images")
 
     def check_call_inputs(self, x):
         """``predict``'s inputs after in-graph checks: images by default
         (a generator whose call takes noise says otherwise)."""
-        return checks.assert_image_values(x, self.IMAGE_VALUES, f"{self.name}: images")
+        return self.checked_images(x)
 
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
