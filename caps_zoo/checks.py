@@ -35,6 +35,65 @@ DTYPE_HINT = {UNIT: "Convert with images.astype('float32') / 255.",
               BINARY: "Use caps_zoo.data.load(..., binarize='stochastic' or 'fixed')."}
 
 
+def describe_shape(shape):
+    """``(batch, 28, 28, 1)`` for ``[None, 28, 28, 1]``."""
+    return "(" + ", ".join("batch" if size is None else str(size) for size in shape) + ")"
+
+
+def shape_matches(shape, expected):
+    """Whether a (possibly partly known) ``shape`` can be ``expected``
+    (``None`` in either: any size): False for a known mismatch."""
+    if shape.rank is None:
+        return True
+    return shape.rank == len(expected) and all(
+        size is None or want is None or size == want for size, want in zip(shape.as_list(), expected))
+
+
+def assert_shape(tensor, expected, message):
+    """``tensor`` with the static shape ``expected`` (``None``: any size),
+    after an in-graph check of its run-time shape where the traced shape does
+    not settle it. ``message`` leads the error, which adds the shape that
+    came (``InvalidArgumentError`` when the batch runs).
+
+    Why in the graph: Keras' ``predict`` retraces with relaxed shapes, so the
+    second call of a model may see a batch of unknown rank at trace time; a
+    Python check of the static shape then raised "Cannot take the length of
+    shape with unknown rank" for the same bad batch that a fresh model
+    refused clearly. A served signature declares unknown rank on purpose.
+    """
+    if not isinstance(tensor, keras.KerasTensor):  # symbolic: its shape is all there is
+        tensor = tf.convert_to_tensor(tensor)
+    static = tf.TensorShape(tensor.shape)
+    if not shape_matches(static, expected):
+        raise ValueError(f"{message}; got shape {tuple(static.as_list())}.")
+    if isinstance(tensor, keras.KerasTensor) or static.rank is not None and all(
+            want is None or size is not None for size, want in zip(static.as_list(), expected)):
+        return tensor  # the traced shape settles it
+    wanted = [-1 if size is None else size for size in expected]
+    shape = tf.shape(tensor, out_type=tf.int32)
+    matches = tf.cond(
+        tf.equal(tf.size(shape), len(wanted)),
+        lambda: tf.reduce_all((tf.reshape(shape, [len(wanted)]) == wanted) | (tf.constant(wanted) < 0)),
+        lambda: tf.constant(False),
+    )
+
+    def refuse():
+        check = tf.debugging.Assert(matches, [f"{message}; got shape", shape], summarize=8)
+        with tf.control_dependencies([check]):
+            return tf.zeros([0 if size is None else size for size in expected], tensor.dtype)
+
+    def accept():
+        # A reshape to the shape it has, not tf.ensure_shape: grappler takes
+        # an EnsureShape as a fact about its input and folded tf.shape(x)
+        # above to the expected shape, so that the check always passed.
+        checked = tf.reshape(tensor, shape)
+        checked.set_shape(expected)
+        return checked
+
+    # The batch flows through the check (a cond), not beside it.
+    return tf.cond(matches, accept, refuse)
+
+
 def check_count(name, value):
     """``int(value)``, or a clear ValueError unless it is an integer >= 1
     (``sample(0)`` returned a scalar, ``steps=-1`` an internal error)."""

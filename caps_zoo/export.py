@@ -54,26 +54,11 @@ def default_signature(model):
     return next(iter(model.serving_endpoints()))
 
 
-def describe_shape(shape):
-    """``(batch, 28, 28, 1)`` for ``[None, 28, 28, 1]``."""
-    return "(" + ", ".join("batch" if size is None else str(size) for size in shape) + ")"
-
-
 def _checked_input(spec, tensor, image_values):
     """``tensor`` after in-graph checks of ``spec``'s shape and of its values
     (``caps_zoo.checks``: ``images`` within ``image_values``, the rest finite)."""
-    expected = [-1 if size is None else size for size in spec.shape.as_list()]
-    shape = tf.shape(tensor, out_type=tf.int32)
-    rank_matches = tf.equal(tf.size(shape), len(expected))
-    shape_matches = tf.cond(
-        rank_matches,
-        lambda: tf.reduce_all((tf.reshape(shape, [len(expected)]) == expected) | (tf.constant(expected) < 0)),
-        lambda: tf.constant(False),
-    )
-    check = tf.debugging.Assert(shape_matches, [
-        f"{spec.name} must have shape {describe_shape(spec.shape.as_list())}; got shape", shape], summarize=8)
-    with tf.control_dependencies([check]):
-        tensor = tf.ensure_shape(tf.identity(tensor), spec.shape)
+    tensor = checks.assert_shape(
+        tensor, spec.shape.as_list(), f"{spec.name} must have shape {checks.describe_shape(spec.shape.as_list())}")
     if spec.name == "images":
         return checks.assert_image_values(tensor, image_values, spec.name)
     return checks.assert_finite(tensor, spec.name)
@@ -198,7 +183,7 @@ def tflite_predict(path, images=None, signature=None, **inputs):
             raise TypeError(f"{name} must be float32; got dtype {array.dtype}.")
         if array.ndim != len(expected) or any(
                 size is not None and size != got for size, got in zip(expected, array.shape)):
-            raise ValueError(f"{name} must have shape {describe_shape(expected)}; got {array.shape}.")
+            raise ValueError(f"{name} must have shape {checks.describe_shape(expected)}; got shape {array.shape}.")
         # The flatbuffer does not know its model: images are checked as
         # intensities in [0, 1] (binarize them for the Bernoulli models).
         if name == "images":

@@ -56,14 +56,6 @@ DEFAULT_BATCH_SIZE = 500
 # -- checks and the two protocols ------------------------------------------------
 
 
-def _check_images(images, what="images"):
-    """``images`` as a numpy array, or a clear error unless they are a
-    non-empty batch of float images ``(n, height, width, channels)``, finite,
-    in [0, 1] (images in [0, 255] scored better than any GAN's, and a
-    diverged generator's NaN images still got a distance)."""
-    return checks.check_image_array(images, what)
-
-
 def _chunk_seeds(seed, chunks):
     """One seed per chunk, derived from ``seed`` (None stays None: fresh draws)."""
     if seed is None:
@@ -92,7 +84,7 @@ def draw_samples(model, n, seed=0, batch_size=DEFAULT_BATCH_SIZE):
                 f"got {type(drawn).__name__}"
                 + (f" with keys {sorted(drawn)}." if isinstance(drawn, dict) else ".")
             )
-        images = _check_images(drawn["images"], f"{_name(model)}.sample()['images']")
+        images = checks.check_image_array(drawn["images"], f"{_name(model)}.sample()['images']")
         if len(images) != size:
             raise ValueError(
                 f"{_name(model)}.sample({size}) returned {len(images)} images; expected {size}."
@@ -107,7 +99,7 @@ def _name(model):
 
 def real_probabilities(model, images, batch_size=DEFAULT_BATCH_SIZE):
     """``model.discriminate(images)`` in chunks: float64 ``(n,)`` in [0, 1]."""
-    images = _check_images(images)
+    images = checks.check_image_array(images)
     batch_size = checks.check_count("batch_size", batch_size)
     parts = []
     for start in range(0, len(images), batch_size):
@@ -230,8 +222,8 @@ def gam_battle(
     if not test_ratio_tolerance >= 0:
         raise ValueError(f"test_ratio_tolerance must be >= 0, got {test_ratio_tolerance!r}.")
     n_samples = checks.check_count("n_samples", n_samples)
-    x_train = _check_images(x_train, "x_train")
-    x_test = _check_images(x_test, "x_test")
+    x_train = checks.check_image_array(x_train, "x_train")
+    x_test = checks.check_image_array(x_test, "x_test")
 
     samples = {
         "G1(z)": draw_samples(m1, n_samples, seed, batch_size),
@@ -371,7 +363,7 @@ def frechet_distance(features_a, features_b):
 
 def _poses(classifier, images, batch_size):
     """``classifier.predict(images)["poses"]``: float32 ``(n, classes, dims)``."""
-    images = _check_images(images)
+    images = checks.check_image_array(images)
     batch_size = checks.check_count("batch_size", batch_size)
     outputs = classifier.predict(images, batch_size=batch_size, verbose=0)
     if not isinstance(outputs, dict) or "poses" not in outputs:
@@ -410,8 +402,8 @@ def frechet_classifier_distance(
     "feature_classifier" (what was measured with), "n_real",
     "n_generated"}``.
     """
-    real_images = _check_images(real_images, "real_images")
-    generated_images = _check_images(generated_images, "generated_images")
+    real_images = checks.check_image_array(real_images, "real_images")
+    generated_images = checks.check_image_array(generated_images, "generated_images")
     if isinstance(classifier, str):
         from caps_zoo import registry
 

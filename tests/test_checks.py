@@ -58,3 +58,32 @@ def test_in_graph_checks_pass_good_inputs_through_and_stop_bad_ones():
         ids(np.full((2, 10), 2.0, "float32"))
     with pytest.raises(TypeError, match="got dtype bool"):
         checks.assert_class_ids(np.array([True]), 10)
+
+
+@pytest.mark.parametrize("traced_shape", [[None, 28, 28, 1], [2, 28, 28, None], [None, None, None, None], None])
+def test_assert_shape_checks_in_the_graph_what_the_trace_leaves_open(traced_shape):
+    """A wrong shape is refused whatever the trace knows of it. With an
+    EnsureShape after the Assert, grappler folded tf.shape(x) to the expected
+    shape, so the check passed and TensorFlow's own error came instead."""
+    expected = [None, 28, 28, 1]
+
+    @tf.function(input_signature=[tf.TensorSpec(traced_shape, tf.float32)])
+    def checked(x):
+        y = checks.assert_shape(x, expected, "x must have shape (batch, 28, 28, 1)")
+        assert y.shape.as_list() == expected  # what the next layers see
+        return y
+
+    good = np.random.default_rng(0).random((2, 28, 28, 1), dtype=np.float32)
+    np.testing.assert_array_equal(checked(good).numpy(), good)
+    for bad in (good[..., 0], np.repeat(good, 3, axis=-1), good[:, None], good[:, :27]):
+        if traced_shape is not None and not checks.shape_matches(tf.TensorShape(traced_shape), bad.shape):
+            continue  # the signature itself refuses it
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match=r"x must have shape \(batch, 28, 28, 1\); got shape\] \[" + " ".join(map(str, bad.shape))):
+            checked(bad)
+
+
+def test_assert_shape_refuses_a_known_wrong_shape_while_tracing():
+    with pytest.raises(ValueError, match=r"want \(batch, 4\); got shape \(None, 5\)\."):
+        tf.function(lambda x: checks.assert_shape(x, [None, 4], "want (batch, 4)")).get_concrete_function(
+            tf.TensorSpec([None, 5]))

@@ -125,9 +125,30 @@ class ZooModel(keras.Model):
             )
         return self.checked_images(x), y
 
+    def check_images(self, images):
+        """``images``, or a clear error unless they are a float batch of
+        ``image_shape`` with values in ``IMAGE_VALUES``. What the trace does
+        not settle is left to the graph: a shape of unknown rank is checked
+        there (``checks.assert_shape``), traced values are not checked here
+        (``checked_images`` does, in the steps), so a model's call exports to
+        TFLite without Assert ops."""
+        values = self.IMAGE_VALUES
+        expected = (None, *self.image_shape)
+        images = checks.assert_shape(
+            images, expected,
+            f"{self.name} expects images of shape {checks.describe_shape(expected)} with values in {values}")
+        dtype = keras.backend.standardize_dtype(images.dtype)
+        if not dtype.startswith(("float", "bfloat")):
+            raise TypeError(f"{self.name} expects float images with values in {values}; got dtype {dtype}. "
+                            + checks.DTYPE_HINT[values])
+        checks.check_image_values(images, values, f"{self.name}: images")
+        return images
+
     def checked_images(self, images):
-        """``images`` after the in-graph checks of their values."""
-        return checks.assert_image_values(images, self.IMAGE_VALUES, f"{self.name}: images")
+        """``images`` after ``check_images`` and in-graph checks of their
+        values (the shape first: a value check of a batch of the wrong rank
+        failed inside a reduction)."""
+        return checks.assert_image_values(self.check_images(images), self.IMAGE_VALUES, f"{self.name}: images")
 
     def check_call_inputs(self, x):
         """``predict``'s inputs after in-graph checks: images by default

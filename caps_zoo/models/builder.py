@@ -1,6 +1,5 @@
-"""What the zoo's models share: how registered builders make them, the
-check of the images they are given (in the wording of ``caps_zoo.checks``)
-and per-replica noise."""
+"""What the zoo's models share: how registered builders make them, and
+per-replica noise."""
 
 import keras
 import tensorflow as tf
@@ -20,24 +19,6 @@ def build_compiled(model_class, name, defaults, overrides, optimizer=None):
     model.build()
     model.compile(optimizer=optimizer or keras.optimizers.Adam(1e-3))
     return model
-
-
-def check_images(model, images):
-    """Raise a clear error unless ``images`` is a float batch of
-    ``model.image_shape`` with values in ``model.IMAGE_VALUES`` (the values
-    are checked when ``images`` are concrete: in a traced step
-    ``ZooModel``'s in-graph checks do it)."""
-    values = model.IMAGE_VALUES
-    if len(images.shape) != 4 or tuple(images.shape[1:]) != model.image_shape:
-        raise ValueError(
-            f"{model.name} expects images of shape (batch, {', '.join(map(str, model.image_shape))}) "
-            f"with values in {values}; got shape {tuple(images.shape)}."
-        )
-    dtype = keras.backend.standardize_dtype(images.dtype)
-    if not dtype.startswith(("float", "bfloat")):
-        raise TypeError(f"{model.name} expects float images with values in {values}; got dtype {dtype}. "
-                        + checks.DTYPE_HINT[values])
-    checks.check_image_values(images, values, f"{model.name}: images")
 
 
 def replica_normal(shape, seed_generator):

@@ -55,7 +55,7 @@ from caps_zoo.layers import FilterbankRead, FilterbankWrite
 from caps_zoo.layers.filterbank import window_box
 from caps_zoo.models.base import GenerativeModel, LossTermsModel
 from caps_zoo.checks import check_count
-from caps_zoo.models.builder import build_compiled, check_images, replica_normal
+from caps_zoo.models.builder import build_compiled, replica_normal
 from caps_zoo.registry import register_model
 
 PAPER = "dcrw-convolutional-recurrent-writer.txt"
@@ -255,7 +255,7 @@ class RecurrentWriter(GenerativeModel, LossTermsModel):
         ``latent_kl`` Lz per image (nats), plus a subclass's
         ``image_context`` outputs.
         """
-        check_images(self, images)
+        images = self.check_images(images)
         images = ops.cast(images, "float32")
         batch = ops.shape(images)[0]
         canvas = ops.zeros((batch, *self.image_shape), dtype="float32")

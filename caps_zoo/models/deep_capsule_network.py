@@ -36,7 +36,7 @@ from keras import ops
 from caps_zoo import losses
 from caps_zoo.layers import CapsuleStack, Length, Mask
 from caps_zoo.models.base import ClassAccuracy, LossTermsModel
-from caps_zoo.models.builder import build_compiled, check_images
+from caps_zoo.models.builder import build_compiled
 from caps_zoo.registry import register_model
 
 PAPER = "deep-capsule-network.txt"
@@ -144,7 +144,7 @@ class CapsuleNetwork(ClassAccuracy, LossTermsModel):
 
     def encode(self, images, training=False):
         """Images to class capsules ``(batch, num_classes, capsule_dim)``."""
-        check_images(self, images)
+        images = self.check_images(images)
         return self.capsules(images, training=training)
 
     def decode(self, poses, labels=None):

@@ -50,7 +50,7 @@ from keras import ops
 from caps_zoo import checks, losses
 from caps_zoo.models.base import AdversarialModel, GenerativeModel
 from caps_zoo.checks import check_count
-from caps_zoo.models.builder import build_compiled, check_images, replica_normal
+from caps_zoo.models.builder import build_compiled, replica_normal
 from caps_zoo.registry import register_model
 
 PAPER = "gran-recurrent-adversarial.txt"
@@ -351,8 +351,7 @@ class RecurrentAdversarialNetwork(GenerativeModel, AdversarialModel):
 
     def discriminate(self, images):
         """D's probability that each image is real: ``(batch,)``, inference mode."""
-        images = ops.convert_to_tensor(images)
-        check_images(self, images)
+        images = self.check_images(images)
         return ops.sigmoid(self.discriminator(images, training=False))[:, 0]
 
     def serving_endpoints(self):
@@ -388,7 +387,7 @@ class RecurrentAdversarialNetwork(GenerativeModel, AdversarialModel):
         return self.discriminator(fake_images, training=training)[:, 0]
 
     def discriminator_loss_terms(self, real_images, training):
-        check_images(self, real_images)
+        real_images = self.check_images(real_images)
         real_logits = self.discriminator(real_images, training=training)[:, 0]
         fake_logits = self._generated_logits(ops.shape(real_images)[0], training)
         terms = {"discriminator_loss": losses.discriminator_loss(real_logits, fake_logits)}

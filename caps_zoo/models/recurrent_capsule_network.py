@@ -69,7 +69,7 @@ from keras import ops
 from caps_zoo import losses
 from caps_zoo.layers import CapsuleStack, Length
 from caps_zoo.models.base import ClassAccuracy
-from caps_zoo.models.builder import build_compiled, check_images
+from caps_zoo.models.builder import build_compiled
 from caps_zoo.models.convolutional_recurrent_writer import RecurrentWriter
 from caps_zoo.registry import register_model
 
@@ -242,8 +242,7 @@ class RecurrentCapsuleNetwork(ClassAccuracy, RecurrentWriter):
     def classify(self, images):
         """The capsule encoder alone: ``{"scores": (b, classes) capsule lengths,
         "classes": (b,) int64}`` (the recurrence is not run)."""
-        images = ops.convert_to_tensor(images)
-        check_images(self, images)
+        images = self.check_images(images)
         scores = self.length(self.capsule_encoder(ops.cast(images, "float32"), training=False))
         return {"scores": scores, "classes": tf.argmax(scores, axis=-1, output_type=tf.int64)}
 
