@@ -128,3 +128,63 @@ def generator_loss(fake_logits):
     saturating ``log(1 - D(G(z)))`` of eq. 1.
     """
     return ops.softplus(-ops.cast(fake_logits, "float32"))
+
+
+# -- autoencoder and hinge losses (CV-VAE, VQGAN) --------------------------------
+# As the public CVGAN code computes them (its loss module, a taming-transformers
+# fork): L1 and the image-gradient difference on pixels, PatchGAN logits with
+# the hinge loss, and VQGAN's adaptive weight on the generator's GAN term.
+
+
+def _per_example_mean(values):
+    return ops.mean(ops.reshape(ops.cast(values, "float32"), (ops.shape(values)[0], -1)), axis=-1)
+
+
+def l1_reconstruction(images, reconstructions):
+    """Mean absolute pixel error per example: ``(batch,)``."""
+    return _per_example_mean(ops.abs(ops.cast(images, "float32") - ops.cast(reconstructions, "float32")))
+
+
+def image_gradients(images):
+    """Forward differences ``(dy, dx)`` of NHWC images, zero in the last row
+    and column (``tf.image.image_gradients``'s convention)."""
+    images = ops.cast(images, "float32")
+    dy = ops.pad(images[:, 1:] - images[:, :-1], ((0, 0), (0, 1), (0, 0), (0, 0)))
+    dx = ops.pad(images[:, :, 1:] - images[:, :, :-1], ((0, 0), (0, 0), (0, 1), (0, 0)))
+    return dy, dx
+
+
+def gradient_difference(images, reconstructions):
+    """The image-gradient-difference loss (Mathieu et al. 2016, alpha = 1) per
+    example: the mean over pixels of ``|dx - dx^| + |dy - dy^|``: ``(batch,)``.
+    It penalises blurred edges that an L1 term alone averages away."""
+    dy, dx = image_gradients(images)
+    dy_hat, dx_hat = image_gradients(reconstructions)
+    return _per_example_mean(ops.abs(dx - dx_hat) + ops.abs(dy - dy_hat))
+
+
+def hinge_discriminator_loss(real_logits, fake_logits):
+    """VQGAN's hinge loss for D, ``0.5 (relu(1 - D(x)) + relu(1 + D(x^)))``,
+    each averaged over the patches of an example: ``(batch,)``."""
+    return 0.5 * (_per_example_mean(ops.relu(1.0 - ops.cast(real_logits, "float32")))
+                  + _per_example_mean(ops.relu(1.0 + ops.cast(fake_logits, "float32"))))
+
+
+def hinge_generator_loss(fake_logits):
+    """The generator's side of the hinge loss, ``-D(x^)`` averaged over the
+    patches of an example: ``(batch,)``."""
+    return -_per_example_mean(fake_logits)
+
+
+ADAPTIVE_WEIGHT_MAX = 1e4
+
+
+def adaptive_weight(reconstruction_gradient, gan_gradient, scale=0.8):
+    """VQGAN's weight of the GAN term: ``|grad L_rec| / (|grad L_gan| + 1e-4)``,
+    both gradients taken with respect to the decoder's last layer, clipped to
+    [0, 1e4], without gradient, times ``scale``. It keeps the GAN term's pull
+    on the decoder at the size of the reconstruction's, whatever the scale of
+    the discriminator's logits."""
+    ratio = ops.sqrt(ops.sum(ops.square(reconstruction_gradient))) / (
+        ops.sqrt(ops.sum(ops.square(gan_gradient))) + 1e-4)
+    return ops.stop_gradient(ops.clip(ratio, 0.0, ADAPTIVE_WEIGHT_MAX)) * scale

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from caps_zoo import losses
 
@@ -46,3 +47,36 @@ def test_margin_loss_label_shapes_agree():
     np.testing.assert_allclose(losses.margin_loss(np.eye(3)[[0, 2]], lengths), by_id)
     with pytest.raises(ValueError, match=r"targets \(batch, 3\)"):
         losses.margin_loss(np.zeros((2, 4)), lengths)
+
+
+def test_l1_and_gradient_difference_hand_computed():
+    """One 2x2 image: x = [[0, 1], [1, 1]], x^ = [[0, 0], [1, 1]]."""
+    x = np.array([[0.0, 1.0], [1.0, 1.0]], "float32").reshape(1, 2, 2, 1)
+    x_hat = np.array([[0.0, 0.0], [1.0, 1.0]], "float32").reshape(1, 2, 2, 1)
+    np.testing.assert_allclose(losses.l1_reconstruction(x, x_hat), [0.25])
+    # dx: x [[1, 0], [0, 0]], x^ [[0, 0], [0, 0]]; dy: x [[1, 0], [0, 0]], x^ [[1, 1], [0, 0]]
+    # |dx - dx^| + |dy - dy^| = [[1, 0], [0, 0]] + [[0, 1], [0, 0]]: mean 0.5.
+    np.testing.assert_allclose(losses.gradient_difference(x, x_hat), [0.5])
+    dy, dx = losses.image_gradients(x)
+    expected_dy, expected_dx = tf.image.image_gradients(tf.constant(x))
+    np.testing.assert_allclose(dy, expected_dy)
+    np.testing.assert_allclose(dx, expected_dx)
+
+
+def test_hinge_losses_hand_computed():
+    real = np.array([[2.0, 0.5], [-1.0, 1.0]], "float32").reshape(2, 1, 2, 1)
+    fake = np.array([[-2.0, 0.0], [1.0, -0.5]], "float32").reshape(2, 1, 2, 1)
+    # example 0: relu(1 - real) = [0, 0.5] -> 0.25; relu(1 + fake) = [0, 1] -> 0.5
+    # example 1: [2, 0] -> 1.0; [2, 0.5] -> 1.25
+    np.testing.assert_allclose(losses.hinge_discriminator_loss(real, fake), [0.375, 1.125])
+    np.testing.assert_allclose(losses.hinge_generator_loss(fake), [1.0, -0.25])
+
+
+def test_adaptive_weight_hand_computed_and_detached():
+    rec = tf.constant([3.0, 4.0])   # norm 5
+    gan = tf.Variable([0.0, 2.0])   # norm 2
+    with tf.GradientTape() as tape:
+        weight = losses.adaptive_weight(rec, gan * 1.0, scale=0.8)
+    np.testing.assert_allclose(weight, 0.8 * 5.0 / (2.0 + 1e-4), rtol=1e-6)
+    assert tape.gradient(weight, gan) is None
+    np.testing.assert_allclose(losses.adaptive_weight(rec, tf.zeros(2), scale=1.0), losses.ADAPTIVE_WEIGHT_MAX)

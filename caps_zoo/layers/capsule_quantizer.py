@@ -51,6 +51,7 @@ routing decides the clusters, with no codebook to pull.
 """
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from caps_zoo.layers.capsule import SQUASH_EPSILON, squash
@@ -225,7 +226,8 @@ class CapsuleQuantizer(keras.layers.Layer):
         inputs = squash(ops.reshape(features, (batch, height * width, channels)))
         u_hat = ops.einsum("bic,jcd->bijd", inputs, ops.cast(self.kernel, "float32"))
         parents, coupling = self.routed(u_hat)
-        codes = ops.argmax(coupling, axis=-1)
+        # tf.argmax: Keras' argmax handles -0.0 with a BitwiseAnd that TFLite lacks.
+        codes = tf.argmax(coupling, axis=-1, output_type=tf.int32)
         soft = ops.einsum("bij,bjd->bid", coupling, parents)
         if self.assignment == "soft":
             assigned = soft
@@ -235,7 +237,7 @@ class CapsuleQuantizer(keras.layers.Layer):
         grid = (batch, height, width)
         return {
             "quantized": ops.reshape(assigned, (*grid, self.parent_dim)),
-            "codes": ops.reshape(ops.cast(codes, "int32"), grid),
+            "codes": ops.reshape(codes, grid),
             "assignment": ops.reshape(coupling, (*grid, self.num_parents)),
             "coupling": coupling,
             "parents": parents,

@@ -165,6 +165,12 @@ class VectorQuantizer(keras.layers.Layer):
         self.seed_generator = keras.random.SeedGenerator(seed, name="restart_seed")
 
     @property
+    def has_codes(self):
+        """Always: a code id per position (the bottleneck contract shared with
+        ``CapsuleQuantizer``, whose reference mode has none)."""
+        return True
+
+    @property
     def loss_term_names(self):
         """The per-example loss terms of ``call``'s dict, to add into a loss."""
         return ("commitment_loss", "codebook_loss")

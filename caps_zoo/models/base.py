@@ -196,7 +196,8 @@ class ClassAccuracy:
 class LossTermsModel(ZooModel):
     """One network, one optimizer, a loss made of named per-example terms.
 
-    Subclasses set ``LOSS_TERMS`` (the names, in the order they are logged)
+    Subclasses set ``LOSS_TERMS`` (the names, in the order they are logged;
+    or pass ``loss_terms``)
     and implement ``forward_with_loss_terms(x, y, training) -> (outputs,
     terms)``. Each term is logged as computed; ``loss`` is their sum, each
     times its ``loss_term_weights()`` entry (default 1). Metrics that are not
@@ -205,11 +206,15 @@ class LossTermsModel(ZooModel):
 
     LOSS_TERMS = ()
 
-    def __init__(self, **kwargs):
+    def __init__(self, loss_terms=None, **kwargs):
+        """``loss_terms``: the names when they depend on the constructor's
+        arguments (a bottleneck with or without terms of its own); default
+        ``LOSS_TERMS``. Either way ``self.loss_terms`` holds them."""
         super().__init__(**kwargs)
-        if TOTAL_LOSS in self.LOSS_TERMS or not self.LOSS_TERMS:
-            raise ValueError(f"{type(self).__name__}.LOSS_TERMS must name its terms (not '{TOTAL_LOSS}').")
-        self.loss_means = TermMeans((TOTAL_LOSS, *self.LOSS_TERMS))
+        self.loss_terms = tuple(self.LOSS_TERMS if loss_terms is None else loss_terms)
+        if TOTAL_LOSS in self.loss_terms or not self.loss_terms:
+            raise ValueError(f"{type(self).__name__} must name its loss terms (not '{TOTAL_LOSS}').")
+        self.loss_means = TermMeans((TOTAL_LOSS, *self.loss_terms))
 
     def forward_with_loss_terms(self, x, y, training):
         raise NotImplementedError
@@ -278,13 +283,16 @@ class AdversarialModel(ZooModel):
     GENERATOR_TERMS = ()
     GENERATOR_DIAGNOSTICS = ()
 
-    def __init__(self, **kwargs):
+    def __init__(self, generator_terms=None, **kwargs):
+        """``generator_terms``: the generator step's names when they depend
+        on the constructor's arguments; default ``GENERATOR_TERMS``."""
         super().__init__(**kwargs)
-        if not self.DISCRIMINATOR_TERMS or not self.GENERATOR_TERMS:
+        self.generator_terms = tuple(self.GENERATOR_TERMS if generator_terms is None else generator_terms)
+        if not self.DISCRIMINATOR_TERMS or not self.generator_terms:
             raise ValueError(f"{type(self).__name__} must name the loss terms of both steps.")
         self.discriminator_optimizer = None
         self.step_means = TermMeans(
-            (*self.DISCRIMINATOR_TERMS, *self.GENERATOR_TERMS,
+            (*self.DISCRIMINATOR_TERMS, *self.generator_terms,
              *self.DISCRIMINATOR_DIAGNOSTICS, *self.GENERATOR_DIAGNOSTICS)
         )
 

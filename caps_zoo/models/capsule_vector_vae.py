@@ -1,0 +1,392 @@
+"""CV-VAE and CVGAN (Pucci et al., ICIAP 2022), and the VQ-VAE / VQGAN
+baseline they are measured against: one encoder, one decoder and one
+discriminator, so that only the bottleneck differs.
+
+Paper: ``shared/papers/cvgan-capsule-vector-vae.md`` (public code: a
+taming-transformers fork; what it computes is described in
+``caps_zoo.layers.capsule_quantizer``). The models::
+
+    x (28x28, padded to 32x32) -> ConvEncoder -> 1x1 conv -> bottleneck
+      -> 1x1 conv -> ConvDecoder -> crop to 28x28 = x^
+
+- ``BottleneckAutoencoder``: the autoencoders (``vq_vae``, ``cv_vae``,
+  ``cv_vae_reference``, ``continuous_ae``), trained on L1 + the
+  image-gradient difference (the public code's reconstruction terms) plus
+  the bottleneck's own terms (VQ: commitment and codebook). The public
+  code's perceptual LPIPS term needs ImageNet VGG weights, which are out of
+  reach offline: it is left out, in every model alike.
+- ``AdversarialAutoencoder``: the same autoencoder and a PatchGAN
+  discriminator (``vqgan``, ``cvgan``): hinge loss, VQGAN's adaptive weight
+  on the generator's GAN term (``losses.adaptive_weight``), the discriminator
+  switched on after ``discriminator_start`` generator steps.
+
+Bottlenecks (``bottleneck=``): "vector" (``VectorQuantizer``), "capsule"
+(``CapsuleQuantizer``, routing mode), "capsule_reference" (its reference
+mode: the public code's computation; the public code's two 1x1 convolutions
+after its capsule layer compose to one linear map, so the capsule layer's
+transposed convolution writes ``code_dim`` channels and one 1x1 convolution
+follows), and "continuous" (no bottleneck beyond ``code_dim`` channels: the
+control).
+"""
+
+import json
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from caps_zoo import losses
+from caps_zoo.layers.autoencoder_blocks import ConvDecoder, ConvEncoder, PatchDiscriminator
+from caps_zoo.layers.capsule_quantizer import CapsuleQuantizer
+from caps_zoo.layers.code_usage import CodeUsage
+from caps_zoo.layers.vector_quantizer import VectorQuantizer
+from caps_zoo.models.base import AdversarialModel, LossTermsModel
+from caps_zoo.models.builder import build_compiled
+from caps_zoo.registry import register_model
+
+PAPER = "cvgan-capsule-vector-vae.md"
+BOTTLENECKS = ("vector", "capsule", "capsule_reference", "continuous")
+RECONSTRUCTION_TERMS = ("l1_loss", "gradient_difference_loss")
+
+
+def plain_config(config):
+    """``config`` (a dict of sub-layer arguments, or None) as its JSON form
+    (tuples as lists), so that ``get_config`` round-trips to an equal dict."""
+    return json.loads(json.dumps(dict(config or {})))
+
+
+def make_bottleneck(kind, code_dim, config):
+    """The bottleneck layer of ``kind`` (``BOTTLENECKS``), or None for
+    "continuous"; ``config``: its constructor's arguments."""
+    if kind == "vector":
+        return VectorQuantizer(code_dim=code_dim, name="bottleneck", **config)
+    if kind == "capsule":
+        return CapsuleQuantizer(mode="routing", parent_dim=code_dim, name="bottleneck", **config)
+    if kind == "capsule_reference":
+        return CapsuleQuantizer(mode="reference", output_channels=code_dim, name="bottleneck", **config)
+    if kind == "continuous":
+        if config:
+            raise ValueError(f"the continuous bottleneck takes no arguments; got {sorted(config)}.")
+        return None
+    raise ValueError(f"bottleneck must be one of {BOTTLENECKS}, got {kind!r}.")
+
+
+# taming-transformers' learning rate is 4.5e-6 x the batch size; at batch 64.
+LEARNING_RATE = 4.5e-6 * 64
+
+
+def taming_adam():
+    """Adam as taming trains VQGAN (betas 0.5, 0.9), at ``LEARNING_RATE``."""
+    return keras.optimizers.Adam(LEARNING_RATE, beta_1=0.5, beta_2=0.9)
+
+
+@keras.saving.register_keras_serializable(package="caps_zoo")
+class BottleneckAutoencoder(LossTermsModel):
+    """Encoder, bottleneck, decoder (module docstring).
+
+    ``call(images)`` returns a dict: ``reconstruction`` (28x28, linear: not
+    clipped, as the losses see it), and ``codes`` and ``assignment`` where
+    the bottleneck has codes.
+
+    Args:
+        image_shape: (28, 28, 1); padded with zeros to ``padded_size``.
+        bottleneck: one of ``BOTTLENECKS``.
+        code_dim: channels entering the bottleneck (its code or parent
+            dimension; the continuous control's latent channels).
+        bottleneck_config: the bottleneck layer's other arguments.
+        encoder_config / decoder_config: ``ConvEncoder`` / ``ConvDecoder``
+            arguments (the decoder's ``output_channels`` is the image's).
+        gradient_difference_weight: 1.0 (the public code's).
+    """
+
+    def __init__(self, image_shape=(28, 28, 1), padded_size=32, bottleneck="capsule", code_dim=16,
+                 bottleneck_config=None, encoder_config=None, decoder_config=None,
+                 gradient_difference_weight=1.0, **kwargs):
+        bottleneck_config = plain_config(bottleneck_config)
+        bottleneck_layer = make_bottleneck(bottleneck, int(code_dim), bottleneck_config)
+        bottleneck_terms = () if bottleneck_layer is None else bottleneck_layer.loss_term_names
+        super().__init__(loss_terms=(*RECONSTRUCTION_TERMS, *bottleneck_terms), **kwargs)
+        self.bottleneck_kind = bottleneck
+        self.code_dim = int(code_dim)
+        self.bottleneck_config = bottleneck_config
+        self.image_shape = tuple(int(size) for size in image_shape)
+        self.padded_size = int(padded_size)
+        height, width = self.image_shape[:2]
+        if (self.padded_size - height) % 2 or (self.padded_size - width) % 2 or self.padded_size < max(height, width):
+            raise ValueError(f"padded_size must exceed the image by an even number of pixels; "
+                             f"got {self.padded_size} for {height}x{width}.")
+        self.padding = ((self.padded_size - height) // 2, (self.padded_size - width) // 2)
+        self.encoder_config = plain_config(encoder_config)
+        self.decoder_config = plain_config(decoder_config)
+        self.gradient_difference_weight = float(gradient_difference_weight)
+        self.bottleneck = bottleneck_layer
+        self.encoder = ConvEncoder(name="encoder", **self.encoder_config)
+        # Reference mode's capsule layer writes code_dim channels itself.
+        self.pre_bottleneck = (None if bottleneck == "capsule_reference"
+                               else keras.layers.Conv2D(self.code_dim, 1, name="pre_bottleneck"))
+        self.post_bottleneck = keras.layers.Conv2D(
+            self.encoder.latent_channels, 1, name="post_bottleneck")
+        self.decoder = ConvDecoder(output_channels=self.image_shape[-1], name="decoder", **self.decoder_config)
+        self.code_usage = CodeUsage(self.bottleneck.num_codes) if self.has_codes else None
+
+    @property
+    def has_codes(self):
+        """Whether the bottleneck assigns a discrete code per position."""
+        return self.bottleneck is not None and self.bottleneck.has_codes
+
+    def build(self, input_shape=None):
+        padded = (None, self.padded_size, self.padded_size, self.image_shape[-1])
+        self.encoder.build(padded)
+        shape = self.encoder.compute_output_shape(padded)
+        if self.pre_bottleneck is not None:
+            self.pre_bottleneck.build(shape)
+            shape = (*shape[:3], self.code_dim)
+        if self.bottleneck is not None:
+            self.bottleneck.build(shape)
+        self.post_bottleneck.build((*shape[:3], self.code_dim))
+        self.decoder.build((*shape[:3], self.encoder.latent_channels))
+        self.built = True
+
+    def encode(self, images, training=False):
+        """Images to the bottleneck's outputs (a dict with ``quantized``)."""
+        images = self.check_images(images)
+        (top, left) = self.padding
+        padded = ops.pad(ops.cast(images, "float32"), ((0, 0), (top, top), (left, left), (0, 0)))
+        features = self.encoder(padded, training=training)
+        if self.pre_bottleneck is not None:
+            features = self.pre_bottleneck(features)
+        if self.bottleneck is None:
+            return {"quantized": features}
+        return self.bottleneck(features, training=training)
+
+    def decode(self, quantized, training=False):
+        """The bottleneck's ``quantized`` map to images (linear, 28x28)."""
+        decoded = self.decoder(self.post_bottleneck(quantized), training=training)
+        top, left = self.padding
+        return decoded[:, top:top + self.image_shape[0], left:left + self.image_shape[1]]
+
+    def _forward(self, images, training):
+        encoded = self.encode(images, training=training)
+        outputs = {"reconstruction": self.decode(encoded["quantized"], training=training)}
+        outputs.update({key: encoded[key] for key in ("codes", "assignment") if key in encoded})
+        return outputs, {name: encoded[name] for name in self.loss_terms if name in encoded}
+
+    def call(self, images, training=False):
+        return self._forward(images, training)[0]
+
+    def reconstruct(self, images):
+        """Reconstructions clipped to [0, 1], as numpy (inference mode)."""
+        return ops.convert_to_numpy(ops.clip(self(images, training=False)["reconstruction"], 0.0, 1.0))
+
+    def reconstruction_terms(self, images, reconstructions):
+        """The pixel terms of every model of the family: ``(batch,)`` each."""
+        return {"l1_loss": losses.l1_reconstruction(images, reconstructions),
+                "gradient_difference_loss": losses.gradient_difference(images, reconstructions)}
+
+    def loss_term_weights(self):
+        return {"gradient_difference_loss": self.gradient_difference_weight}
+
+    def forward_with_loss_terms(self, x, y, training):
+        outputs, bottleneck_terms = self._forward(x, training)
+        return outputs, {**self.reconstruction_terms(x, outputs["reconstruction"]), **bottleneck_terms}
+
+    @property
+    def extra_metrics(self):
+        return [self.code_usage] if self.code_usage is not None else []
+
+    def update_extra_metrics(self, x, y, outputs):
+        if self.code_usage is not None:
+            self.code_usage.update_state(outputs["codes"])
+
+    def serving_endpoints(self):
+        """``reconstruct`` (images to clipped reconstructions)."""
+
+        def reconstruct(images):
+            return {"reconstruction": ops.clip(self(images, training=False)["reconstruction"], 0.0, 1.0)}
+
+        images = tf.TensorSpec([None, *self.image_shape], tf.float32, name="images")
+        return {"reconstruct": (reconstruct, [images])}
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            image_shape=self.image_shape, padded_size=self.padded_size, bottleneck=self.bottleneck_kind,
+            code_dim=self.code_dim, bottleneck_config=self.bottleneck_config,
+            encoder_config=self.encoder_config, decoder_config=self.decoder_config,
+            gradient_difference_weight=self.gradient_difference_weight,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="caps_zoo")
+class AdversarialAutoencoder(AdversarialModel):
+    """``BottleneckAutoencoder`` trained against a PatchGAN, VQGAN's way.
+
+    The generator step minimises the autoencoder's terms plus
+    ``adaptive_weight x disc_factor x hinge_generator_loss``; the
+    discriminator step ``disc_factor x hinge_discriminator_loss`` on real
+    images against the (detached) reconstructions. ``disc_factor`` is 0
+    before ``discriminator_start`` generator steps and 1 after.
+
+    Args: those of ``BottleneckAutoencoder`` (``autoencoder_config``), and
+        discriminator_config: ``PatchDiscriminator`` arguments.
+        discriminator_start: generator steps before the GAN terms count.
+        adaptive_weight_scale: 0.8 (the public config's ``disc_weight``).
+    """
+
+    DISCRIMINATOR_TERMS = ("discriminator_loss",)
+    DISCRIMINATOR_DIAGNOSTICS = ("real_logits", "fake_logits")
+    GENERATOR_DIAGNOSTICS = ("adaptive_weight",)
+
+    def __init__(self, autoencoder_config=None, discriminator_config=None, discriminator_start=2000,
+                 adaptive_weight_scale=0.8, **kwargs):
+        self.autoencoder_config = plain_config(autoencoder_config)
+        autoencoder = BottleneckAutoencoder(name="autoencoder", **self.autoencoder_config)
+        super().__init__(generator_terms=(*autoencoder.loss_terms, "generator_loss"), **kwargs)
+        self.autoencoder = autoencoder
+        self.image_shape = autoencoder.image_shape
+        self.discriminator_config = plain_config(discriminator_config)
+        self.discriminator = PatchDiscriminator(name="discriminator", **self.discriminator_config)
+        if int(discriminator_start) < 0:
+            raise ValueError(f"discriminator_start must be >= 0, got {discriminator_start}.")
+        self.discriminator_start = int(discriminator_start)
+        self.adaptive_weight_scale = float(adaptive_weight_scale)
+
+    def build(self, input_shape=None):
+        self.autoencoder.build()
+        self.discriminator.build((None, *self.image_shape))
+        self.built = True
+
+    def call(self, images, training=False):
+        return self.autoencoder(images, training=training)
+
+    def encode(self, images, training=False):
+        return self.autoencoder.encode(images, training=training)
+
+    def decode(self, quantized, training=False):
+        return self.autoencoder.decode(quantized, training=training)
+
+    def reconstruct(self, images):
+        return self.autoencoder.reconstruct(images)
+
+    def serving_endpoints(self):
+        return self.autoencoder.serving_endpoints()
+
+    def default_optimizer(self):
+        return taming_adam()
+
+    def default_discriminator_optimizer(self):
+        return taming_adam()
+
+    def generator_variables(self):
+        return self.autoencoder.trainable_variables
+
+    def discriminator_variables(self):
+        return self.discriminator.trainable_variables
+
+    def disc_factor(self):
+        """0 before ``discriminator_start`` generator steps, 1 after."""
+        started = ops.cast(self.optimizer.iterations, "int64") >= self.discriminator_start
+        return ops.cast(started, "float32")
+
+    def discriminator_loss_terms(self, real_images, training):
+        reconstructions = ops.stop_gradient(self.autoencoder(real_images, training=training)["reconstruction"])
+        real_logits = self.discriminator(real_images, training=training)
+        fake_logits = self.discriminator(reconstructions, training=training)
+        terms = {"discriminator_loss": self.disc_factor() * losses.hinge_discriminator_loss(real_logits, fake_logits)}
+        per_example = lambda logits: ops.mean(ops.reshape(logits, (ops.shape(logits)[0], -1)), axis=-1)  # noqa: E731
+        return terms, {"real_logits": per_example(real_logits), "fake_logits": per_example(fake_logits)}
+
+    def generator_loss_terms(self, real_images, training):
+        last_kernel = self.autoencoder.decoder.last_layer.kernel
+        # The adaptive weight needs both terms' gradients at the decoder's last
+        # layer: an inner tape inside the step's own (the weight is detached).
+        with tf.GradientTape(persistent=True) as tape:
+            outputs, terms = self.autoencoder.forward_with_loss_terms(real_images, None, training)
+            reconstruction = ops.mean(terms["l1_loss"])
+            gan = losses.hinge_generator_loss(self.discriminator(outputs["reconstruction"], training=training))
+            gan_mean = ops.mean(gan)
+        weight = losses.adaptive_weight(tape.gradient(reconstruction, last_kernel),
+                                        tape.gradient(gan_mean, last_kernel), self.adaptive_weight_scale)
+        del tape
+        terms = {**terms, "generator_loss": weight * self.disc_factor() * gan}
+        return terms, {"adaptive_weight": ops.broadcast_to(weight, ops.shape(gan))}
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(autoencoder_config=self.autoencoder_config,
+                      discriminator_config=self.discriminator_config,
+                      discriminator_start=self.discriminator_start,
+                      adaptive_weight_scale=self.adaptive_weight_scale)
+        return config
+
+
+# -- the registered models ------------------------------------------------------
+# One budget for all: the same encoder, decoder and discriminator; the
+# bottlenecks hold 16 codes (VQ) or 16 parents (capsules) of 16 numbers per
+# position of the 8x8 map.
+
+BOTTLENECK_DEFAULTS = {
+    "vector": {"num_codes": 16},
+    "capsule": {"num_parents": 16},
+    "capsule_reference": {"trainable_capsules": False},
+    "continuous": {},
+}
+
+
+def _autoencoder_config(bottleneck, overrides):
+    overrides = dict(overrides)
+    config = {"bottleneck": bottleneck, "bottleneck_config": dict(BOTTLENECK_DEFAULTS[bottleneck])}
+    config["bottleneck_config"].update(overrides.pop("bottleneck_config", {}))
+    return {**config, **overrides}
+
+
+def _autoencoder(name, bottleneck, overrides):
+    overrides = dict(overrides)
+    model_name = overrides.pop("name", name)
+    return build_compiled(BottleneckAutoencoder, model_name, _autoencoder_config(bottleneck, overrides), {},
+                          optimizer=taming_adam())
+
+
+def _gan(name, bottleneck, overrides):
+    overrides = dict(overrides)
+    gan_keys = {"discriminator_config", "discriminator_start", "adaptive_weight_scale", "name"}
+    gan_overrides = {key: overrides.pop(key) for key in list(overrides) if key in gan_keys}
+    defaults = {"autoencoder_config": _autoencoder_config(bottleneck, overrides)}
+    return build_compiled(AdversarialAutoencoder, name, defaults, gan_overrides)
+
+
+@register_model(paper=PAPER)
+def vq_vae(**overrides):
+    """VQ-VAE: the shared encoder/decoder with a 16-code vector quantizer (the baseline)."""
+    return _autoencoder("vq_vae", "vector", overrides)
+
+
+@register_model(paper=PAPER)
+def cv_vae(**overrides):
+    """CV-VAE: the shared encoder/decoder with capsule routing onto 16 parents per example."""
+    return _autoencoder("cv_vae", "capsule", overrides)
+
+
+@register_model(paper=PAPER)
+def cv_vae_reference(**overrides):
+    """CV-VAE as the public code computes it: one parent, untrained capsules, |c u_hat| to the decoder."""
+    return _autoencoder("cv_vae_reference", "capsule_reference", overrides)
+
+
+@register_model(paper=PAPER)
+def continuous_ae(**overrides):
+    """The control: the shared encoder/decoder with 16 continuous channels and no quantizer."""
+    return _autoencoder("continuous_ae", "continuous", overrides)
+
+
+@register_model(paper=PAPER)
+def vqgan(**overrides):
+    """VQGAN: vq_vae trained against a PatchGAN (hinge loss, adaptive weight)."""
+    return _gan("vqgan", "vector", overrides)
+
+
+@register_model(paper=PAPER)
+def cvgan(**overrides):
+    """CVGAN: cv_vae trained against a PatchGAN (hinge loss, adaptive weight)."""
+    return _gan("cvgan", "capsule", overrides)
