@@ -3,6 +3,12 @@ real data, each GAN optimizer trains its own network alone, the adaptive
 weight is VQGAN's, the discriminator waits for ``discriminator_start``, and
 code usage is counted over the data."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -12,6 +18,7 @@ import caps_zoo
 from caps_zoo import data, losses
 from caps_zoo.layers import code_statistics
 
+RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "train_cvgan.py"
 SMALL = {"encoder_config": {"channels": 8, "channel_multipliers": (1, 2)},
          "decoder_config": {"channels": 8, "channel_multipliers": (1, 2)}}
 
@@ -102,3 +109,29 @@ def test_bad_family_arguments_are_refused():
         caps_zoo.create_model("cvgan", discriminator_start=-1, **SMALL)
     with pytest.raises(ValueError, match="padded_size must exceed the image by an even number"):
         caps_zoo.create_model("cv_vae", padded_size=31)
+
+
+def _recipe(*argv):
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run([sys.executable, str(RECIPE), *argv], capture_output=True, text=True,
+                          env=environment, timeout=1200)
+
+
+def test_recipe_refuses_discriminator_start_for_an_autoencoder(tmp_path):
+    result = _recipe("--model", "cv_vae", "--discriminator-start", "5", "--output-dir", str(tmp_path / "run"))
+    assert result.returncode != 0
+    assert "--discriminator-start is for the GANs (cvgan, vqgan), not cv_vae." in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_recipe_trains_a_gan_and_selects_on_validation_l1(tmp_path):
+    run = tmp_path / "cvgan"
+    result = _recipe("--model", "cvgan", "--discriminator-start", "1", "--validation", "--validation-size", "64",
+                     "--train-limit", "64", "--batch-size", "32", "--epochs", "1", "--verbose", "2",
+                     "--output-dir", str(run))
+    assert result.returncode == 0, result.stderr[-2000:]
+    best = json.loads((run / "best.json").read_text())
+    assert best["metric"] == "val_l1_loss"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0 < metrics["validation"]["l1_loss"] < 1
