@@ -325,7 +325,8 @@ class LogRollback(keras.callbacks.Callback):
     written before its backup (``EpochCommit``), so a kill between the two,
     or a torn latest backup that BackupAndRestore replaced by the one
     before, trains that epoch again: its first row would appear twice. The
-    row moves to ``log.retrained.csv`` (kept, not lost), and the run says so."""
+    row moves to ``log.retrained.csv`` (kept, not lost), and the run says so.
+    A ``best.json`` of such an epoch is kept and marked ``trained_again_from``."""
 
     def __init__(self, run_dir, initial_epoch=0):
         super().__init__()
@@ -358,6 +359,16 @@ class LogRollback(keras.callbacks.Callback):
                 print(f"{self.run_dir}: the backup holds {restored} epoch(s); epoch(s) "
                       f"{', '.join(str(int(r[column]) + 1) for r in dropped)} train again (their "
                       "first log rows are kept in log.retrained.csv)")
+        best = read_best(self.run_dir)
+        if best is not None and best["epoch"] > restored and "trained_again_from" not in best:
+            # BestWeights writes before the backup, so its epoch can be one that
+            # trains again. Its weights and metrics are real (measured on the
+            # validation split), and kept; the record says that the run went on
+            # from an earlier epoch, so that "epoch N" is not read as this run's.
+            best["trained_again_from"] = restored
+            write_json_atomically(self.run_dir / BEST_RECORD, best)
+            print(f"{self.run_dir}: the best epoch so far ({best['epoch']}) was selected in an attempt "
+                  f"that trains again from epoch {restored}; its weights stay in {BEST_WEIGHTS}")
         progress_path = self.run_dir / "progress.json"
         if progress_path.is_file():
             progress = json.loads(progress_path.read_text())

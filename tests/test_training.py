@@ -336,3 +336,22 @@ def test_a_resume_with_changed_settings_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(dataclasses.asdict(cosine)))
     with pytest.raises(ValueError, match="epochs: 50 -> 60"):  # the cosine curve ends at epochs
         training.train(dataclasses.replace(cosine, epochs=60))
+
+
+def test_log_rollback_keeps_a_best_epoch_that_trains_again_and_marks_it(tmp_path):
+    """A kill after BestWeights wrote epoch 3 but before its backup: the run
+    goes on from epoch 2. The best record stays (real, measured weights), and
+    says the run was trained again from there; the retrained row moves aside."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "log.csv").write_text("epoch,loss\n0,3.0\n1,2.0\n2,1.5\n")
+    best = {"epoch": 3, "metric": "val_loss", "value": 1.4, "mode": "min"}
+    (run_dir / training.BEST_RECORD).write_text(json.dumps(best))
+    (run_dir / "progress.json").write_text(json.dumps({"epochs_completed": 3, "train_seconds": 9.0}))
+    training.LogRollback(run_dir, initial_epoch=2).on_train_begin()
+    assert json.loads((run_dir / training.BEST_RECORD).read_text()) == {**best, "trained_again_from": 2}
+    assert (run_dir / "log.csv").read_text().splitlines() == ["epoch,loss", "0,3.0", "1,2.0"]
+    assert (run_dir / "log.retrained.csv").read_text().splitlines() == ["epoch,loss", "2,1.5"]
+    assert json.loads((run_dir / "progress.json").read_text())["epochs_completed"] == 2
+    training.LogRollback(run_dir, initial_epoch=2).on_train_begin()  # idempotent
+    assert json.loads((run_dir / training.BEST_RECORD).read_text())["trained_again_from"] == 2
