@@ -355,3 +355,18 @@ def test_log_rollback_keeps_a_best_epoch_that_trains_again_and_marks_it(tmp_path
     assert json.loads((run_dir / "progress.json").read_text())["epochs_completed"] == 2
     training.LogRollback(run_dir, initial_epoch=2).on_train_begin()  # idempotent
     assert json.loads((run_dir / training.BEST_RECORD).read_text())["trained_again_from"] == 2
+
+
+def test_a_fit_refused_while_tracing_leaves_a_model_that_trains():
+    """The first fit's trace raised on images of the wrong shape; the
+    optimizer's slots were then created on the next trace, which TensorFlow
+    refuses ("Creating variables on a non-first call"). LossTermsModel builds
+    them at compile (AdversarialModel did already)."""
+    keras.utils.set_random_seed(0)
+    model = caps_zoo.create_model("capsnet")
+    images = np.random.default_rng(0).random((8, 28, 28, 1)).astype("float32")
+    labels = np.arange(8) % 10
+    with pytest.raises(ValueError, match=r"capsnet expects images of shape \(batch, 28, 28, 1\)"):
+        model.fit(images[..., 0], labels, batch_size=8, verbose=0)
+    history = model.fit(images, labels, batch_size=8, verbose=0)
+    assert np.isfinite(history.history["loss"][0])

@@ -216,6 +216,22 @@ class LossTermsModel(ZooModel):
             raise ValueError(f"{type(self).__name__} must name its loss terms (not '{TOTAL_LOSS}').")
         self.loss_means = TermMeans((TOTAL_LOSS, *self.loss_terms))
 
+    def compile(self, optimizer="rmsprop", **kwargs):
+        super().compile(optimizer=optimizer, **kwargs)
+        if self.built:
+            # The optimizer's slots now, not in the first traced step: a first
+            # fit refused while tracing (images of the wrong shape) left the
+            # step traced once, and every later fit failed with "Creating
+            # variables on a non-first call to a function decorated with
+            # tf.function". Under a tf.distribute strategy they are made in
+            # its scope too, not in a replica context.
+            self.optimizer.build(self.trainable_variables)
+
+    def compile_from_config(self, config):
+        # Keras skips a custom compile() on load; this one restores the
+        # optimizer (its slots then load from the file) and the rest.
+        self.compile(**keras.saving.deserialize_keras_object(config))
+
     def forward_with_loss_terms(self, x, y, training):
         raise NotImplementedError
 
