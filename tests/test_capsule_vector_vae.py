@@ -34,7 +34,7 @@ def test_cv_vae_reconstruction_loss_falls_on_real_digits(mnist_images):
     model = caps_zoo.create_model("cv_vae", **SMALL)
     model.compile(optimizer=keras.optimizers.Adam(2e-3))
     before = model.evaluate(mnist_images, batch_size=64, verbose=0, return_dict=True)
-    model.fit(mnist_images, epochs=6, batch_size=16, verbose=0)
+    model.fit(mnist_images, epochs=3, batch_size=16, verbose=0)  # 24 steps: 0.26-0.30x on seeds 1, 2
     after = model.evaluate(mnist_images, batch_size=64, verbose=0, return_dict=True)
     assert after["l1_loss"] < 0.6 * before["l1_loss"], (before, after)
     assert after["gradient_difference_loss"] < before["gradient_difference_loss"]

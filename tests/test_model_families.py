@@ -42,7 +42,8 @@ class Case:
     # The registered name, for a case that is a variant (other overrides).
     model: str = None
     # Which checks run only with -m slow (the default run must stay short):
-    # "mirrored" for all but one model per train step, "all" for
+    # "mirrored" for all but one model per train step, "inputs" for the
+    # input checks that ZooModel makes for every family alike, "all" for
     # variants whose code path another case already runs.
     slow: tuple = ()
 
@@ -70,7 +71,7 @@ CASES = {
     # other bottlenecks' layers have their own tests. Two levels of 8
     # channels: a train step of the full size takes ~25 s to trace.
     "cvgan": Case(dict(SMALL_AUTOENCODER, discriminator_start=0), "images", ("reconstruct",),
-                  mirrored_rtol=0.1, slow=("mirrored",)),
+                  mirrored_rtol=0.1, slow=("mirrored", "inputs")),
     "cv_vae": Case(SMALL_AUTOENCODER, "images", ("reconstruct",), slow=("mirrored", "all")),
     "vq_vae": Case(SMALL_AUTOENCODER, "images", ("reconstruct",), slow=("mirrored", "all")),
     "vqgan": Case(dict(SMALL_AUTOENCODER, discriminator_start=0), "images", ("reconstruct",),
@@ -392,7 +393,7 @@ def test_tflite_endpoints_match_keras(exported, batch):
             np.testing.assert_allclose(outputs[key], value, atol=1e-5, rtol=0, err_msg=f"{endpoint}/{key}")
 
 
-@pytest.mark.parametrize("name", [n for n in sorted(CASES) if "all" not in CASES[n].slow])
+@pytest.mark.parametrize("name", case_params("inputs"))
 def test_evaluate_and_predict_refuse_images_and_labels_they_cannot_score(name, mnist_batch):
     """[0, 255] images, NaN pixels, grey images for a Bernoulli bound, class
     ids out of range or fractional: each was scored silently before."""
@@ -423,7 +424,7 @@ def test_evaluate_and_predict_refuse_images_and_labels_they_cannot_score(name, m
     evaluate(images)  # and the model still works
 
 
-@pytest.mark.parametrize("name", [n for n in sorted(CASES) if "all" not in CASES[n].slow])
+@pytest.mark.parametrize("name", case_params("inputs"))
 def test_wrong_shapes_get_the_same_error_before_and_after_a_good_batch(name, mnist_batch):
     """Keras retraces ``predict`` and ``evaluate`` with relaxed shapes, so the
     second batch may be traced with unknown rank: the same bad batch then got
