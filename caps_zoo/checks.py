@@ -25,6 +25,8 @@ Bernoulli likelihoods of DRAW, DCRW and RCN are bounds only on binary
 images).
 """
 
+import numbers
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -33,6 +35,16 @@ UNIT = "[0, 1]"
 BINARY = "{0, 1}"
 DTYPE_HINT = {UNIT: "Convert with images.astype('float32') / 255.",
               BINARY: "Use caps_zoo.data.load(..., binarize='stochastic' or 'fixed')."}
+
+
+def is_integer(value):
+    """Whether ``value`` is an integer (numpy's too), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_real(value):
+    """Whether ``value`` is a real number (numpy's too), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def describe_shape(shape):

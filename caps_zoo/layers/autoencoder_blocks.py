@@ -58,32 +58,26 @@ incoming resolution) are created in ``build``, so that a ``build(input_shape)``
 weight before the values are loaded.
 """
 
-import numbers
-
 import keras
 from keras import ops
+
+from caps_zoo import checks
 
 MAX_GROUPS = 32  # taming's Normalize: GroupNorm(num_groups=32)
 GROUP_NORM_EPSILON = 1e-6  # taming's Normalize: eps=1e-6
 LEAKY_SLOPE = 0.2  # NLayerDiscriminator's LeakyReLU(0.2)
 
 
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_number(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _check_positive_int(name, value):
-    if not _is_int(value) or value < 1:
+    if not checks.is_integer(value) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
     return int(value)
 
 
 def _check_dropout(dropout):
-    if not _is_number(dropout) or not 0 <= dropout < 1:
+    if not checks.is_real(dropout) or not 0 <= dropout < 1:
         raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}.")
     return float(dropout)
 
@@ -96,7 +90,7 @@ def _check_int_tuple(name, values, allow_empty):
     if (
         values is None
         or (not values and not allow_empty)
-        or not all(_is_int(v) and v >= 1 for v in values)
+        or not all(checks.is_integer(v) and v >= 1 for v in values)
     ):
         what = "a tuple" if allow_empty else "a non-empty tuple"
         raise ValueError(f"{name} must be {what} of ints >= 1, got {values!r}.")

@@ -16,21 +16,15 @@ which bfloat16's 8-bit mantissa cannot resolve, and the EMA statistics
 accumulate small increments.
 """
 
-import numbers
-
 import keras
 import tensorflow as tf
 from keras import ops
 
+from caps_zoo import checks
+
 USAGE_DECAY = 0.99  # decay of ``code_usage_ema`` (restarts without EMA)
 
 
-def _is_number(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _check_features(layer, shape):
@@ -125,22 +119,22 @@ class VectorQuantizer(keras.layers.Layer):
         kwargs.setdefault("autocast", False)  # float32 throughout; see module doc
         super().__init__(**kwargs)
         for name, value in (("num_codes", num_codes), ("code_dim", code_dim)):
-            if not _is_int(value) or value < 1:
+            if not checks.is_integer(value) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
-        if not _is_number(commitment_weight) or not commitment_weight >= 0:
+        if not checks.is_real(commitment_weight) or not commitment_weight >= 0:
             raise ValueError(f"commitment_weight must be a number >= 0, got {commitment_weight!r}.")
-        if ema_decay is not None and (not _is_number(ema_decay) or not 0 < ema_decay < 1):
+        if ema_decay is not None and (not checks.is_real(ema_decay) or not 0 < ema_decay < 1):
             raise ValueError(
                 f"ema_decay must be None (codebook learned by its loss) or a number in (0, 1), "
                 f"e.g. 0.99; got {ema_decay!r}."
             )
-        if not _is_number(ema_epsilon) or not ema_epsilon > 0:
+        if not checks.is_real(ema_epsilon) or not ema_epsilon > 0:
             raise ValueError(f"ema_epsilon must be a number > 0, got {ema_epsilon!r}.")
         if restart_dead_codes not in (True, False):
             raise ValueError(
                 f"restart_dead_codes must be True or False, got {restart_dead_codes!r}."
             )
-        if not _is_number(dead_code_threshold) or not 0 < dead_code_threshold < 1:
+        if not checks.is_real(dead_code_threshold) or not 0 < dead_code_threshold < 1:
             raise ValueError(
                 f"dead_code_threshold must be a number in (0, 1), got {dead_code_threshold!r}."
             )
@@ -150,7 +144,7 @@ class VectorQuantizer(keras.layers.Layer):
                 "usage of a uniformly used codebook, which a restarted code is given) when "
                 f"restart_dead_codes is True; got {dead_code_threshold!r}."
             )
-        if seed is not None and not _is_int(seed):
+        if seed is not None and not checks.is_integer(seed):
             raise ValueError(f"seed must be None or an int, got {seed!r}.")
         self.num_codes = int(num_codes)
         self.code_dim = int(code_dim)

@@ -47,15 +47,12 @@ from caps_zoo.models.base import LossTermsModel
 MASK_TYPES = ("A", "B")
 
 
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
 
 def _kernel_size_pair(kernel_size):
     """``(height, width)`` of an int or a pair of ints, both odd and >= 1, or
     a ValueError: a masked kernel needs a centre tap."""
-    pair = (kernel_size, kernel_size) if _is_int(kernel_size) else tuple(kernel_size)
-    if len(pair) != 2 or not all(_is_int(size) and size >= 1 and size % 2 == 1 for size in pair):
+    pair = (kernel_size, kernel_size) if checks.is_integer(kernel_size) else tuple(kernel_size)
+    if len(pair) != 2 or not all(checks.is_integer(size) and size >= 1 and size % 2 == 1 for size in pair):
         raise ValueError(f"kernel_size must be an odd int >= 1 or a pair of them (a masked kernel needs a "
                          f"centre tap); got {kernel_size!r}.")
     return tuple(int(size) for size in pair)
@@ -105,7 +102,7 @@ class MaskedConv2D(keras.layers.Layer):
     def __init__(self, filters, kernel_size, mask_type="A", kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", use_bias=True, **kwargs):
         super().__init__(**kwargs)
-        if not _is_int(filters) or filters < 1:
+        if not checks.is_integer(filters) or filters < 1:
             raise ValueError(f"filters must be an int >= 1; got {filters!r}.")
         self.filters = int(filters)
         self.kernel_size = _kernel_size_pair(kernel_size)
@@ -211,15 +208,15 @@ class CodePrior(LossTermsModel):
 
     def __init__(self, num_codes, map_shape=(8, 8), filters=64, num_layers=4, kernel_size=5, **kwargs):
         super().__init__(**kwargs)
-        if not _is_int(num_codes) or num_codes < 1:
+        if not checks.is_integer(num_codes) or num_codes < 1:
             raise ValueError(f"num_codes must be an int >= 1; got {num_codes!r}.")
         map_shape = tuple(map_shape)
-        if len(map_shape) != 2 or not all(_is_int(size) and size >= 1 for size in map_shape):
+        if len(map_shape) != 2 or not all(checks.is_integer(size) and size >= 1 for size in map_shape):
             raise ValueError(f"map_shape must be (height, width), two ints >= 1; got {map_shape!r}.")
         for name, value, low in (("filters", filters, 1), ("num_layers", num_layers, 0)):
-            if not _is_int(value) or value < low:
+            if not checks.is_integer(value) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}; got {value!r}.")
-        if not _is_int(kernel_size) or kernel_size < 3 or kernel_size % 2 == 0:
+        if not checks.is_integer(kernel_size) or kernel_size < 3 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be an odd int >= 3 (mask A of a 1x1 kernel sees nothing); "
                              f"got {kernel_size!r}.")
         self.num_codes = int(num_codes)
@@ -345,7 +342,7 @@ class CodePrior(LossTermsModel):
                 or not np.isfinite(temperature) or temperature <= 0):
             raise ValueError(f"temperature must be a finite number > 0; got {temperature!r}.")
         if seed is not None and not isinstance(seed, keras.random.SeedGenerator):
-            if not _is_int(seed):
+            if not checks.is_integer(seed):
                 raise ValueError(f"seed must be an int, a keras.random.SeedGenerator or None; got {seed!r}.")
             # A local generator: the same seed gives the same sequence of
             # draws, whatever was drawn before.
