@@ -136,13 +136,14 @@ def generator_loss(fake_logits):
 # the hinge loss, and VQGAN's adaptive weight on the generator's GAN term.
 
 
-def _per_example_mean(values):
+def per_example_mean(values):
+    """The mean of each example's values (any shape after the batch axis), float32: ``(batch,)``."""
     return ops.mean(ops.reshape(ops.cast(values, "float32"), (ops.shape(values)[0], -1)), axis=-1)
 
 
 def l1_reconstruction(images, reconstructions):
     """Mean absolute pixel error per example: ``(batch,)``."""
-    return _per_example_mean(ops.abs(ops.cast(images, "float32") - ops.cast(reconstructions, "float32")))
+    return per_example_mean(ops.abs(ops.cast(images, "float32") - ops.cast(reconstructions, "float32")))
 
 
 def image_gradients(images):
@@ -160,20 +161,20 @@ def gradient_difference(images, reconstructions):
     It penalises blurred edges that an L1 term alone averages away."""
     dy, dx = image_gradients(images)
     dy_hat, dx_hat = image_gradients(reconstructions)
-    return _per_example_mean(ops.abs(dx - dx_hat) + ops.abs(dy - dy_hat))
+    return per_example_mean(ops.abs(dx - dx_hat) + ops.abs(dy - dy_hat))
 
 
 def hinge_discriminator_loss(real_logits, fake_logits):
     """VQGAN's hinge loss for D, ``0.5 (relu(1 - D(x)) + relu(1 + D(x^)))``,
     each averaged over the patches of an example: ``(batch,)``."""
-    return 0.5 * (_per_example_mean(ops.relu(1.0 - ops.cast(real_logits, "float32")))
-                  + _per_example_mean(ops.relu(1.0 + ops.cast(fake_logits, "float32"))))
+    return 0.5 * (per_example_mean(ops.relu(1.0 - ops.cast(real_logits, "float32")))
+                  + per_example_mean(ops.relu(1.0 + ops.cast(fake_logits, "float32"))))
 
 
 def hinge_generator_loss(fake_logits):
     """The generator's side of the hinge loss, ``-D(x^)`` averaged over the
     patches of an example: ``(batch,)``."""
-    return -_per_example_mean(fake_logits)
+    return -per_example_mean(fake_logits)
 
 
 ADAPTIVE_WEIGHT_MAX = 1e4

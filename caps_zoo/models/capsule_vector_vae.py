@@ -174,9 +174,13 @@ class BottleneckAutoencoder(LossTermsModel):
     def call(self, images, training=False):
         return self._forward(images, training)[0]
 
+    def clipped_reconstruction(self, images):
+        """Reconstructions clipped to [0, 1] (inference mode), a tensor."""
+        return ops.clip(self(images, training=False)["reconstruction"], 0.0, 1.0)
+
     def reconstruct(self, images):
-        """Reconstructions clipped to [0, 1], as numpy (inference mode)."""
-        return ops.convert_to_numpy(ops.clip(self(images, training=False)["reconstruction"], 0.0, 1.0))
+        """``clipped_reconstruction`` as numpy."""
+        return ops.convert_to_numpy(self.clipped_reconstruction(images))
 
     def reconstruction_terms(self, images, reconstructions):
         """The pixel terms of every model of the family: ``(batch,)`` each."""
@@ -202,7 +206,7 @@ class BottleneckAutoencoder(LossTermsModel):
         """``reconstruct`` (images to clipped reconstructions)."""
 
         def reconstruct(images):
-            return {"reconstruction": ops.clip(self(images, training=False)["reconstruction"], 0.0, 1.0)}
+            return {"reconstruction": self.clipped_reconstruction(images)}
 
         images = tf.TensorSpec([None, *self.image_shape], tf.float32, name="images")
         return {"reconstruct": (reconstruct, [images])}
@@ -294,8 +298,8 @@ class AdversarialAutoencoder(AdversarialModel):
         real_logits = self.discriminator(real_images, training=training)
         fake_logits = self.discriminator(reconstructions, training=training)
         terms = {"discriminator_loss": self.disc_factor() * losses.hinge_discriminator_loss(real_logits, fake_logits)}
-        per_example = lambda logits: ops.mean(ops.reshape(logits, (ops.shape(logits)[0], -1)), axis=-1)  # noqa: E731
-        return terms, {"real_logits": per_example(real_logits), "fake_logits": per_example(fake_logits)}
+        return terms, {"real_logits": losses.per_example_mean(real_logits),
+                       "fake_logits": losses.per_example_mean(fake_logits)}
 
     def generator_loss_terms(self, real_images, training):
         last_kernel = self.autoencoder.decoder.last_layer.kernel
