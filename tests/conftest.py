@@ -17,6 +17,17 @@ tf.config.set_logical_device_configuration(
 )
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """xdist ``--dist loadgroup`` (setup.cfg): every test not already in a
+    group (test_model_families groups each family's checks) is grouped by
+    its file, as ``loadscope`` would, so module-scoped fixtures are built
+    once. Runs before xdist's own hook, which reads the groups."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.path.name))
+
+
 @pytest.fixture(autouse=True)
 def _float32_policy():
     yield

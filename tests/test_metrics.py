@@ -371,6 +371,7 @@ class ReplayGenerator:
         return {"images": np.resize(self.images, (n, *self.images.shape[1:]))}
 
 
+@pytest.mark.slow  # 44 s (3,200 classifier passes); the distance itself: the tests above
 def test_sample_frechet_distance_ranks_real_images_above_noise(mnist_images):
     """A "generator" that replays real test images scores near 0; blurred
     noise far from it: the number orders sample quality."""

@@ -148,6 +148,7 @@ def test_the_best_epoch_is_kept_with_its_weights(tiny_mnist, splits_read, tmp_pa
     assert "test" not in {split for _, split, _ in splits_read}
 
 
+@pytest.mark.slow  # 50 s; kills and resumes are also in test_fault_injection's default run
 def test_resume_after_a_kill_keeps_the_best_so_far(tiny_mnist, kill_at_epoch, tmp_path):
     run_dir = tmp_path / "run"
     config = gran_config(run_dir, epochs=3)

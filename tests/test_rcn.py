@@ -160,6 +160,7 @@ def test_bad_inputs_say_what_was_expected(labelled_binary):
         caps_zoo.create_model("rcn", margin_weight=-1.0)
 
 
+@pytest.mark.slow  # 47 s; validation selection and shipping also run in test_model_selection
 def test_rcn_recipe_trains_selects_on_validation_and_ships(tiny_mnist, scratch_saved_models, tmp_path,
                                                            monkeypatch, capsys):
     import json

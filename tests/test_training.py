@@ -78,7 +78,10 @@ def test_train_writes_run_dir_and_resumes_after_a_kill(tiny_mnist, kill_at_epoch
 # shipping evaluates 1,000 images) runs with -m slow; the default run takes
 # capsnet in float32, and the short test below keeps the bfloat16 recipe path.
 @pytest.mark.parametrize("name, routing, precision", [
-    ("capsnet", ["2"], "float32"),
+    # 50 s: the mirrored step itself is checked in the default run
+    # (test_mirrored_step_equals_single_device_step), the recipe's CLI by
+    # the writers' and GRAN's recipe tests.
+    pytest.param("capsnet", ["2"], "float32", marks=pytest.mark.slow),
     pytest.param("deep_capsnet", ["1", "2"], "mixed_bfloat16", marks=pytest.mark.slow),
 ])
 def test_recipe_cli_mirrored_ships_and_load_restores_the_routing(name, routing, precision, tiny_mnist, tmp_path,
