@@ -29,7 +29,11 @@ the Frechet distance of 10,000 samples (``--frechet-samples``) to the test split
 the zoo's classifier for that dataset (``caps_zoo.metrics``), a grid of
 samples (``<tag>.samples.png``), the canvas after every step of 8
 (``<tag>.drawing.png``) and each of 8 samples beside its 3 nearest
-training images (``<tag>.nearest_neighbours.png``).
+training images (``<tag>.nearest_neighbours.png``). The CV-VAE family's
+models with codes sample from a prior fitted after training: shipping
+fits it first (``--prior-epochs``, on the images the run trained on) and
+ships it inside the weights; the metadata's ``prior`` records its epochs
+and its per-epoch NLL on both splits.
 """
 
 import argparse
@@ -68,11 +72,45 @@ def describe_samples(model, dataset, folder, tag, frechet_samples, train_images)
     frechet = metrics.sample_frechet_report(model, dataset, frechet_samples)
     samples = metrics.draw_samples(model, 100, seed=1)
     plots.image_grid(samples, folder / f"{tag}.samples.png", title=f"{model.name}: samples")
-    plots.drawing_strip(model.sample(8, seed=2), folder / f"{tag}.drawing.png")
+    drawn = model.sample(8, seed=2)
+    if "canvases" in drawn:  # the recurrent generators draw in steps; a PixelCNN prior does not
+        plots.drawing_strip(drawn, folder / f"{tag}.drawing.png")
     indices, distances = metrics.nearest_neighbours(samples[:8], train_images, k=3)
     plots.nearest_neighbour_grid(samples[:8], train_images, indices, distances,
                                  folder / f"{tag}.nearest_neighbours.png")
     return frechet
+
+
+def epoch_count(text):
+    """argparse type of ``--prior-epochs``: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1; got {value}")
+    return value
+
+
+def fit_prior_stage(model, config, epochs):
+    """The sampling stage of the models whose prior is fitted after training
+    (``GenerativeModel.fits_prior``: the CV-VAE family's PixelCNN over codes),
+    on the shipped autoencoder: fitted on the images the run trained on for
+    ``epochs``, each epoch's NLL logged on the validation split when the run
+    held one out. Returns its metadata."""
+    validation = bool(config.get("validation"))
+    validation_size = config.get("validation_size", data.VALIDATION_SIZE)
+    train_images = data.load_images(config["dataset"], "train", holdout_validation=validation,
+                                    validation_size=validation_size)
+    validation_images = (data.load_images(config["dataset"], "validation", validation_size=validation_size)
+                         if validation else None)
+    keras.utils.set_random_seed(config.get("seed", 0))
+    started = time.time()
+    history = model.fit_prior(train_images, epochs=epochs, validation_images=validation_images,
+                              verbose=2).history
+    record = {"epochs": epochs, "train_images": len(train_images), "seconds": round(time.time() - started, 1),
+              "code_nll_per_epoch": [round(value, 4) for value in history["code_nll"]],
+              "fitted_by": "recipes/ship_weights.py (BottleneckAutoencoder.fit_prior, Adam 1e-3, batch 64)"}
+    if validation:
+        record["validation_code_nll_per_epoch"] = [round(value, 4) for value in history["val_code_nll"]]
+    return record
 
 
 def selection_rule(config):
@@ -166,6 +204,9 @@ def main(argv=None):
     parser.add_argument("--frechet-samples", type=sample_count, default=10_000,
                         help="generators: samples for the Frechet distance (0: no Frechet "
                              "distance or figures)")
+    parser.add_argument("--prior-epochs", type=epoch_count, default=20,
+                        help="models whose prior is fitted after training (the CV-VAE family's "
+                             "PixelCNN over codes): its epochs, on the run's training images")
     parser.add_argument("--notes", default="", help="e.g. how the machine was shared")
     parser.add_argument("--status", help="e.g. why a run was stopped early; default: finished, "
                                          "or in training with the epochs done")
@@ -267,6 +308,9 @@ def stage_and_measure(args, run, staging, shipped_weights_name):
         copy = Path(scratch) / weights_name
         copy.write_bytes(model_weights)
         model = caps_zoo.load(config["model"], weights=str(copy), **overrides)
+    prior = {}
+    if isinstance(model, GenerativeModel) and model.fits_prior:
+        prior = {"prior": fit_prior_stage(model, config, args.prior_epochs)}
     # Store float16 first, then measure what users will actually load.
     weights_path = staging / shipped_weights_name
     weights_io.save_weights(model, weights_path, dtype="float16")
@@ -286,7 +330,7 @@ def stage_and_measure(args, run, staging, shipped_weights_name):
     validation_size = config.get("validation_size", data.VALIDATION_SIZE)
     training_split = {"holdout_validation": validation, "validation_size": validation_size}
     frechet = {}
-    if isinstance(model, GenerativeModel) and args.frechet_samples > 0:
+    if isinstance(model, GenerativeModel) and model.can_sample and args.frechet_samples > 0:
         frechet = {"frechet": describe_samples(
             model, config["dataset"], staging, args.tag, args.frechet_samples,
             data.load_images(config["dataset"], "train", **training_split))}
@@ -372,6 +416,7 @@ def stage_and_measure(args, run, staging, shipped_weights_name):
         **({"sample": "caps_zoo/data/mnist_test_sample.npz (first 1,000 MNIST test images"
                       + (f", binarized '{binarize}')" if binarize else ")")} if sample else {}),
         **best_in_log,
+        **prior,
         **frechet,
         "measured_by": "recipes/ship_weights.py with the float16 weights as shipped",
         "measured_on": datetime.date.today().isoformat(),

@@ -179,3 +179,19 @@ def test_config_and_keras_round_trip(kwargs, tmp_path):
     restored = keras.saving.load_model(tmp_path / "quantizer.keras")
     np.testing.assert_allclose(restored(x), model(x), atol=1e-5)
     assert len(restored.trainable_weights) == len(model.trainable_weights)
+
+
+def test_lookup_of_the_codes_and_parents_is_the_hard_assignment():
+    """What sampling decodes: a code map and the parents it indexes give
+    routing mode's quantized map exactly; codes alone are refused."""
+    features = np.random.default_rng(3).normal(size=(2, 3, 3, 4)).astype("float32")
+    layer = CapsuleQuantizer(num_parents=5, parent_dim=3)
+    out = layer(features)
+    assert layer.codes_need_parents
+    np.testing.assert_allclose(layer.lookup(out["codes"], out["parents"]), out["quantized"], atol=1e-6)
+    with pytest.raises(ValueError, match="only with the parents"):
+        layer.lookup(out["codes"], None)
+    reference = CapsuleQuantizer(mode="reference")
+    reference(np.zeros((1, 8, 8, 4), "float32"))
+    with pytest.raises(ValueError, match="assigns no codes"):
+        reference.lookup(out["codes"], out["parents"])

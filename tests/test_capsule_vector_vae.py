@@ -1,7 +1,8 @@
 """What the CV-VAE family does beyond the shared family checks: it learns on
 real data, each GAN optimizer trains its own network alone, the adaptive
-weight is VQGAN's, the discriminator waits for ``discriminator_start``, and
-code usage is counted over the data."""
+weight is VQGAN's, the discriminator waits for ``discriminator_start``,
+code usage is counted over the data, and the models with codes sample from
+a prior fitted after training (the others say why they cannot)."""
 
 import json
 import os
@@ -58,8 +59,10 @@ def test_each_gan_optimizer_trains_its_own_network_alone(frozen, mnist_images):
     keras.utils.set_random_seed(2)
     model = caps_zoo.create_model("cvgan", discriminator_start=0, **SMALL)
     generator, discriminator = model.generator_variables(), model.discriminator_variables()
+    prior = model.autoencoder.prior.trainable_variables  # fitted apart, after training (fit_prior)
     assert {id(v) for v in generator}.isdisjoint({id(v) for v in discriminator})
-    assert len(generator) + len(discriminator) == len(model.trainable_variables)
+    assert {id(v) for v in generator + discriminator}.isdisjoint({id(v) for v in prior})
+    assert len(generator) + len(discriminator) + len(prior) == len(model.trainable_variables)
     # The capsule layer's weights are the generator's (the public code's
     # optimizer left them out).
     assert any("bottleneck" in v.path for v in generator)
@@ -100,6 +103,58 @@ def test_adaptive_weight_is_vqgans_and_waits_for_the_discriminator(mnist_images)
         waiting.optimizer.iterations.assign_add(1)
 
 
+@pytest.mark.parametrize("name", ["vq_vae", "cv_vae"])
+def test_fit_prior_then_sample_decodes_codes_and_survives_a_round_trip(name, mnist_images, tmp_path):
+    keras.utils.set_random_seed(4)
+    model = caps_zoo.create_model(name, **SMALL)
+    model.compile(optimizer=keras.optimizers.Adam(2e-3))
+    assert model.can_sample
+    with pytest.raises(ValueError, match="has not been fitted: call fit_prior"):
+        model.sample(2)
+    # Training the autoencoder leaves the prior alone.
+    prior_before = _weights(model.prior.trainable_variables)
+    others = model.trained_variables()
+    others_before = _weights(others)
+    model.fit(mnist_images, epochs=1, batch_size=32, verbose=0)
+    assert not any(_moved(prior_before, model.prior.trainable_variables))
+    assert any(_moved(others_before, others))
+    # The code maps (and parents) of images decode to their reconstructions.
+    encoded = model.encode_codes(mnist_images[:16], batch_size=8)
+    assert encoded["codes"].shape == (16, *model.code_map_shape) and ("parents" in encoded) == (name == "cv_vae")
+    np.testing.assert_allclose(model.decode_codes(**encoded), model.clipped_reconstruction(mnist_images[:16]),
+                               atol=1e-5)
+
+    history = model.fit_prior(mnist_images, epochs=3, batch_size=32, validation_images=mnist_images[:32],
+                              verbose=0).history
+    assert history["code_nll"][-1] < history["code_nll"][0] and "val_code_nll" in history
+    samples = model.sample(6, seed=0)
+    assert samples["images"].shape == (6, 28, 28, 1) and samples["codes"].shape == (6, *model.code_map_shape)
+    assert samples["images"].min() >= 0 and samples["images"].max() <= 1
+    np.testing.assert_array_equal(model.sample(6, seed=0)["images"], samples["images"])
+    if name == "vq_vae":  # one codebook for every image: the codes alone decode
+        np.testing.assert_allclose(model.decode_codes(samples["codes"]), samples["images"], atol=1e-6)
+    else:  # the poses come from the fitted Gaussian: mean and spread of the training parents
+        np.testing.assert_allclose(model.pose_prior.mean.numpy(),
+                                   model.encode_codes(mnist_images)["parents"].reshape(128, -1).mean(0),
+                                   atol=1e-5)
+
+    model.save(tmp_path / "model.keras")
+    restored = keras.saving.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(restored.sample(6, seed=0)["images"], samples["images"], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["continuous_ae", "cv_vae_reference"])
+def test_models_without_codes_say_why_they_cannot_sample(name, mnist_images):
+    model = caps_zoo.create_model(name, **SMALL)
+    assert not model.can_sample and model.prior is None
+    for call in (lambda: model.sample(2), lambda: model.fit_prior(mnist_images),
+                 lambda: model.encode_codes(mnist_images)):
+        with pytest.raises(ValueError, match="assigns no discrete codes"):
+            call()
+    with pytest.raises(ValueError, match="prior_config is for bottlenecks with codes"):
+        caps_zoo.create_model(name, prior_config={"filters": 8}, **SMALL)
+
+
 def test_bad_family_arguments_are_refused():
     with pytest.raises(ValueError, match="bottleneck must be one of"):
         caps_zoo.create_model("cv_vae", bottleneck="gumbel")
@@ -135,3 +190,33 @@ def test_recipe_trains_a_gan_and_selects_on_validation_l1(tmp_path):
     assert best["metric"] == "val_l1_loss"
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0 < metrics["validation"]["l1_loss"] < 1
+
+
+@pytest.mark.slow
+def test_shipping_a_vq_vae_fits_its_prior_and_the_shipped_model_samples(tiny_mnist, scratch_saved_models,
+                                                                        tmp_path, monkeypatch):
+    import dataclasses
+    import runpy
+
+    from caps_zoo import registry
+    run = tmp_path / "vq_vae"
+    monkeypatch.setattr(sys, "argv", [str(RECIPE), "--model", "vq_vae", "--validation", "--validation-size",
+                                      "64", "--batch-size", "64", "--epochs", "1", "--verbose", "0",
+                                      "--output-dir", str(run)])
+    runpy.run_path(str(RECIPE), run_name="__main__")
+    # No pretrained tag is declared until weights ship: declare one here.
+    spec = registry.get_spec("vq_vae")
+    monkeypatch.setitem(registry._REGISTRY, "vq_vae", dataclasses.replace(spec, pretrained=("mnist",)))
+    ship = RECIPE.parent / "ship_weights.py"
+    monkeypatch.setattr(sys, "argv", [str(ship), "--run-dir", str(run), "--command", "test",
+                                      "--prior-epochs", "2", "--frechet-samples", "64"])
+    runpy.run_path(str(ship), run_name="__main__")
+    metadata = json.loads((scratch_saved_models / "vq_vae" / "mnist.json").read_text())
+    prior = metadata["prior"]
+    assert prior["epochs"] == 2 and prior["train_images"] == 192
+    assert len(prior["code_nll_per_epoch"]) == len(prior["validation_code_nll_per_epoch"]) == 2
+    assert metadata["frechet"]["n_generated"] == 64 and metadata["frechet"]["frechet_distance"] > 0
+    assert (scratch_saved_models / "vq_vae" / "mnist.samples.png").stat().st_size > 5000
+    model = caps_zoo.load("vq_vae")
+    samples = model.sample(4, seed=0)["images"]  # the prior shipped inside the weights
+    assert samples.shape == (4, 28, 28, 1) and np.isfinite(samples).all()

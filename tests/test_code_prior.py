@@ -1,7 +1,8 @@
 """The PixelCNN prior over code maps (caps_zoo.models.code_prior): the masks
 and the causality of the whole network, its NLL against NumPy, that it
 learns a known distribution of maps and samples it back, seeded sampling,
-the refusals of bad codes, and its configs, .keras file and serving export."""
+the refusals of bad codes, and its configs, .keras file and serving export;
+and the Gaussian prior over parent poses against NumPy."""
 
 import keras
 import numpy as np
@@ -10,7 +11,7 @@ import tensorflow as tf
 
 import caps_zoo
 from caps_zoo import export
-from caps_zoo.models.code_prior import CodePrior, MaskedConv2D, causal_mask
+from caps_zoo.models.code_prior import CodePrior, GaussianPrior, MaskedConv2D, causal_mask
 
 # The learned distribution: every row is constant, code 1 with p = 0.75 and
 # code 3 otherwise, rows independent. Its entropy: 8 rows x H(0.75).
@@ -292,3 +293,30 @@ def test_serving_endpoint_returns_the_logits_and_checks_the_codes(tmp_path):
         serve(codes=tf.constant(codes))
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"codes must have shape \(batch, 8, 8\)"):
         serve(codes=tf.zeros((3, 7, 8), tf.int32))
+
+
+def test_gaussian_prior_fits_numpy_moments_and_samples_them(tmp_path):
+    rng = np.random.default_rng(5)
+    mixing = rng.normal(size=(3, 3))
+    vectors = rng.normal(size=(4000, 3)) @ mixing.T + np.array([1.0, -2.0, 0.5])
+    prior = GaussianPrior(3, name="poses")
+    prior.fit(vectors)
+    np.testing.assert_allclose(prior.mean.numpy(), vectors.mean(0), atol=1e-5)
+    scale = prior.scale_tril.numpy().astype("float64")
+    # The factor of NumPy's covariance (plus the stated jitter on the diagonal).
+    covariance = np.cov(vectors, rowvar=False)
+    np.testing.assert_allclose(scale @ scale.T, covariance, rtol=1e-4, atol=1e-4)
+    assert np.allclose(scale, np.tril(scale))
+    draws = prior.sample(20000, seed=keras.random.SeedGenerator(1)).numpy()
+    np.testing.assert_allclose(draws.mean(0), vectors.mean(0), atol=0.1)
+    np.testing.assert_allclose(np.cov(draws, rowvar=False), covariance, atol=0.25)
+    # Weights and config survive a round trip; bad inputs are refused.
+    restored = GaussianPrior.from_config(prior.get_config())
+    restored.set_weights(prior.get_weights())
+    np.testing.assert_array_equal(restored.sample(4, seed=3), prior.sample(4, seed=3))
+    for bad, message in ((vectors[:1], "n >= 2"), (vectors[:, :2], "n >= 2, 3"),
+                         (np.full((3, 3), np.nan), "NaN")):
+        with pytest.raises(ValueError, match=message):
+            prior.fit(bad)
+    with pytest.raises(ValueError, match="dim must be"):
+        GaussianPrior(0)

@@ -52,7 +52,9 @@ SMALL_AUTOENCODER = {"encoder_config": {"channels": 8, "channel_multipliers": (1
                      "decoder_config": {"channels": 8, "channel_multipliers": (1, 2)}}
 
 CASES = {
-    "capsnet": Case({}, "labelled"),
+    # capsnet's mirrored step is also checked against the single-device step
+    # in the default run (test_training); its family check here took 32 s.
+    "capsnet": Case({}, "labelled", slow=("mirrored",)),
     "deep_capsnet": Case({}, "labelled", slow=("mirrored",)),
     # Small T keeps graph tracing fast; the recurrence is the same for T = 64.
     "draw": Case({"steps": 3}, "binary", ("generate",), mirrored_rtol=0.05, slow=("mirrored",)),
@@ -70,7 +72,7 @@ CASES = {
     # LossTermsModel's; test_capsule_vector_vae trains it on real data); the
     # other bottlenecks' layers have their own tests. Two levels of 8
     # channels: a train step of the full size takes ~25 s to trace.
-    "cvgan": Case(dict(SMALL_AUTOENCODER, discriminator_start=0), "images", ("reconstruct",),
+    "cvgan": Case(dict(SMALL_AUTOENCODER, discriminator_start=0), "images", ("reconstruct", "decode"),
                   mirrored_rtol=0.1, slow=("mirrored", "inputs")),
     "cv_vae": Case(SMALL_AUTOENCODER, "images", ("reconstruct",), slow=("mirrored", "all")),
     "vq_vae": Case(SMALL_AUTOENCODER, "images", ("reconstruct",), slow=("mirrored", "all")),
@@ -91,10 +93,16 @@ def registered(name):
 
 
 def case_params(check):
-    """The case names as pytest params, those slow for ``check`` marked slow."""
-    return [pytest.param(name, marks=pytest.mark.slow)
-            if check in CASES[name].slow or "all" in CASES[name].slow else name
-            for name in sorted(CASES)]
+    """The case names as pytest params, those slow for ``check`` marked slow.
+    Each family's checks form one xdist group (``--dist loadgroup``): its
+    module-scoped fixtures (a trained model, an export) are built by one
+    worker, while the families spread over the workers (by module, this
+    file alone took a third of the run on one of them)."""
+    def marks(name):
+        slow = check in CASES[name].slow or "all" in CASES[name].slow
+        return [pytest.mark.xdist_group(f"family-{name}"), *([pytest.mark.slow] if slow else [])]
+
+    return [pytest.param(name, marks=marks(name)) for name in sorted(CASES)]
 
 
 def test_every_registered_model_has_a_case():
@@ -235,11 +243,17 @@ def test_one_train_step_moves_every_trainable_variable(name_and_batch):
     name, batch = name_and_batch
     model = make(name)
     model.compile(**{key: keras.optimizers.SGD(0.1) for key in model.named_optimizers()})
-    before = [v.numpy().copy() for v in model.trainable_variables]
+    trained = model.trained_variables()
+    # Trainable but trained apart (a prior fitted after training): left alone.
+    apart = [v for v in model.trainable_variables if id(v) not in {id(t) for t in trained}]
+    assert len(trained) + len(apart) == len(model.trainable_variables)
+    before, before_apart = [v.numpy().copy() for v in trained], [v.numpy().copy() for v in apart]
     model.train_on_batch(*(batch if isinstance(batch, tuple) else (batch,)))
-    for start, variable in zip(before, model.trainable_variables):
+    for start, variable in zip(before, trained):
         assert np.all(np.isfinite(variable.numpy())), variable.path
         assert not np.array_equal(start, variable.numpy()), f"{variable.path} got no gradient"
+    for start, variable in zip(before_apart, apart):
+        assert np.array_equal(start, variable.numpy()), f"{variable.path} is trained apart, yet moved"
 
 
 @pytest.fixture(params=case_params("step"))

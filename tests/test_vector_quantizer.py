@@ -483,3 +483,16 @@ def test_functional_model_keras_round_trip(tmp_path, ema_decay):
     assert set(actual) == set(expected)
     for key in expected:
         np.testing.assert_allclose(actual[key], expected[key], atol=1e-5, err_msg=key)
+
+
+def test_lookup_of_the_codes_is_the_quantized_map():
+    rng = np.random.default_rng(4)
+    z = rng.normal(size=(2, 3, 3, 4)).astype("float32")
+    codebook = rng.normal(size=(5, 4)).astype("float32")
+    layer = _layer(codebook, z.shape)
+    out = layer(z)
+    assert not layer.codes_need_parents
+    np.testing.assert_array_equal(layer.lookup(out["codes"]), out["quantized"])
+    np.testing.assert_array_equal(layer.lookup(np.array([[[4]]])), codebook[None, None, [4]])
+    with pytest.raises(ValueError, match="decodes alone"):
+        layer.lookup(out["codes"], parents=np.zeros((2, 5, 4)))

@@ -176,6 +176,28 @@ class CapsuleQuantizer(keras.layers.Layer):
         """The per-example loss terms ``call`` returns: none (module docstring)."""
         return ()
 
+    @property
+    def codes_need_parents(self):
+        """True: a code names one of the image's own parent capsules, whose
+        poses routing computes per image; a code map decodes only with
+        ``parents`` ``(b, num_parents, parent_dim)`` beside it (``lookup``)."""
+        return True
+
+    def lookup(self, codes, parents):
+        """The ``quantized`` map of routing mode's hard assignment: at each
+        position of ``codes`` ``(b, h, w)``, the pose of the parent it names
+        in that image's ``parents`` ``(b, num_parents, parent_dim)``; float32
+        ``(b, h, w, parent_dim)``. (``call``'s ``quantized`` with
+        ``assignment="hard"``, given its own ``codes`` and ``parents``.)"""
+        if self.mode != "routing":
+            raise ValueError(f"CapsuleQuantizer '{self.name}': reference mode assigns no codes, so there "
+                             "is nothing to look up.")
+        if parents is None:
+            raise ValueError(f"CapsuleQuantizer '{self.name}': a code map decodes only with the parents it "
+                             "indexes (routed per image): pass parents (batch, num_parents, parent_dim).")
+        one_hot = ops.one_hot(ops.cast(codes, "int32"), self.num_parents, dtype="float32")
+        return ops.einsum("bhwj,bjd->bhwd", one_hot, ops.cast(parents, "float32"))
+
     def build(self, input_shape):
         if len(input_shape) != 4 or any(size is None for size in input_shape[1:]):
             raise ValueError(f"CapsuleQuantizer '{self.name}' expects a feature map (batch, height, width, "

@@ -170,6 +170,21 @@ class VectorQuantizer(keras.layers.Layer):
         return ("commitment_loss", "codebook_loss")
 
     @property
+    def codes_need_parents(self):
+        """False: the codebook is shared by every image, so a code map alone
+        decodes (``lookup``). (``CapsuleQuantizer``: its parents are routed per
+        image.)"""
+        return False
+
+    def lookup(self, codes, parents=None):
+        """The ``quantized`` map of integer ``codes`` ``(b, h, w)``: their
+        codebook vectors, float32 ``(b, h, w, code_dim)``."""
+        if parents is not None:
+            raise ValueError(f"VectorQuantizer '{self.name}': a code map decodes alone (one codebook for "
+                             "every image); parents are for CapsuleQuantizer.")
+        return ops.take(ops.convert_to_tensor(self.codebook), ops.cast(codes, "int32"), axis=0)
+
+    @property
     def use_ema(self):
         return self.ema_decay is not None
 

@@ -106,6 +106,12 @@ class ZooModel(keras.Model):
         """``{name: (function, input_signature)}`` for ``caps_zoo.export``."""
         raise NotImplementedError(f"{type(self).__name__} defines no serving endpoints.")
 
+    def trained_variables(self):
+        """What ``train_step``'s optimizers train: every trainable variable,
+        unless a model holds a network trained apart (a prior fitted after
+        training, ``GenerativeModel.fits_prior``)."""
+        return self.trainable_variables
+
     def current_weight_path(self, stored_path):
         """The variable path of today's model that a weights file written by
         an earlier version stored as ``stored_path`` (relative to the model).
@@ -162,6 +168,20 @@ class ZooModel(keras.Model):
 
 class GenerativeModel:
     """Mixin of the models that draw images from a prior."""
+
+    @property
+    def can_sample(self):
+        """Whether this model's configuration has a prior to draw from (the
+        CV-VAE family's: only where the bottleneck assigns discrete codes)."""
+        return True
+
+    @property
+    def fits_prior(self):
+        """Whether the prior is fitted in a stage after training,
+        ``fit_prior(images, epochs=..., validation_images=...)`` (the CV-VAE
+        family's PixelCNN over codes), rather than fixed by the model (the
+        writers' and GRAN's Gaussian noise)."""
+        return False
 
     def sample(self, n, steps=None, seed=None):
         """``n`` images from the prior: a dict of numpy arrays with ``images``."""
@@ -225,7 +245,7 @@ class LossTermsModel(ZooModel):
             # variables on a non-first call to a function decorated with
             # tf.function". Under a tf.distribute strategy they are made in
             # its scope too, not in a replica context.
-            self.optimizer.build(self.trainable_variables)
+            self.optimizer.build(self.trained_variables())
 
     def compile_from_config(self, config):
         # Keras skips a custom compile() on load; this one restores the
@@ -265,7 +285,7 @@ class LossTermsModel(ZooModel):
             return terms, outputs
 
         terms, outputs = descend(
-            self.optimizer, self.trainable_variables, compute_terms, self.loss_term_weights()
+            self.optimizer, self.trained_variables(), compute_terms, self.loss_term_weights()
         )
         return self._update_metrics(x, y, outputs, terms)
 
@@ -347,6 +367,9 @@ class AdversarialModel(ZooModel):
 
     def named_optimizers(self):
         return {"optimizer": self.optimizer, "discriminator_optimizer": self.discriminator_optimizer}
+
+    def trained_variables(self):
+        return [*self.generator_variables(), *self.discriminator_variables()]
 
     def get_compile_config(self):
         config = super().get_compile_config() or {}

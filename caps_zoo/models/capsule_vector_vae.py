@@ -32,16 +32,18 @@ control).
 import json
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from caps_zoo import losses
+from caps_zoo import checks, losses
 from caps_zoo.layers.autoencoder_blocks import ConvDecoder, ConvEncoder, PatchDiscriminator
 from caps_zoo.layers.capsule_quantizer import CapsuleQuantizer
 from caps_zoo.layers.code_usage import CodeUsage
 from caps_zoo.layers.vector_quantizer import VectorQuantizer
-from caps_zoo.models.base import AdversarialModel, LossTermsModel
+from caps_zoo.models.base import AdversarialModel, GenerativeModel, LossTermsModel
 from caps_zoo.models.builder import build_compiled
+from caps_zoo.models.code_prior import CodePrior, GaussianPrior
 from caps_zoo.registry import register_model
 
 PAPER = "cvgan-capsule-vector-vae.md"
@@ -81,7 +83,7 @@ def taming_adam():
 
 
 @keras.saving.register_keras_serializable(package="caps_zoo")
-class BottleneckAutoencoder(LossTermsModel):
+class BottleneckAutoencoder(GenerativeModel, LossTermsModel):
     """Encoder, bottleneck, decoder (module docstring).
 
     ``call(images)`` returns a dict: ``reconstruction`` (28x28, linear: not
@@ -97,11 +99,22 @@ class BottleneckAutoencoder(LossTermsModel):
         encoder_config / decoder_config: ``ConvEncoder`` / ``ConvDecoder``
             arguments (the decoder's ``output_channels`` is the image's).
         gradient_difference_weight: 1.0 (the public code's).
+        prior_config: ``CodePrior`` arguments (filters, num_layers,
+            kernel_size) of the prior over code maps, where there are codes.
+
+    Sampling (where the bottleneck assigns codes): a second stage,
+    ``fit_prior(training_images)``, fits a PixelCNN (``CodePrior``, trained
+    apart: ``fit`` never moves it) over the code maps of the trained
+    autoencoder, and for the capsule bottleneck a Gaussian over the parent
+    poses (``GaussianPrior``: its codes name per-image parents, so a code map
+    alone does not decode). ``sample(n)`` then draws codes (and poses) and
+    decodes them. The continuous control and the reference mode assign no
+    codes and cannot sample (``can_sample`` is False).
     """
 
     def __init__(self, image_shape=(28, 28, 1), padded_size=32, bottleneck="capsule", code_dim=16,
                  bottleneck_config=None, encoder_config=None, decoder_config=None,
-                 gradient_difference_weight=1.0, **kwargs):
+                 gradient_difference_weight=1.0, prior_config=None, **kwargs):
         bottleneck_config = plain_config(bottleneck_config)
         bottleneck_layer = make_bottleneck(bottleneck, int(code_dim), bottleneck_config)
         bottleneck_terms = () if bottleneck_layer is None else bottleneck_layer.loss_term_names
@@ -128,6 +141,19 @@ class BottleneckAutoencoder(LossTermsModel):
             self.encoder.latent_channels, 1, name="post_bottleneck")
         self.decoder = ConvDecoder(output_channels=self.image_shape[-1], name="decoder", **self.decoder_config)
         self.code_usage = CodeUsage(self.bottleneck.num_codes) if self.has_codes else None
+        self.prior_config = plain_config(prior_config)
+        padded = (None, self.padded_size, self.padded_size, self.image_shape[-1])
+        self.code_map_shape = tuple(int(size) for size in self.encoder.compute_output_shape(padded)[1:3])
+        self.prior = self.pose_prior = None
+        if self.has_codes:
+            self.prior = CodePrior(self.bottleneck.num_codes, map_shape=self.code_map_shape, name="prior",
+                                   **self.prior_config)
+            if self.bottleneck.codes_need_parents:
+                self.pose_prior = GaussianPrior(self.bottleneck.num_parents * self.bottleneck.parent_dim,
+                                                name="pose_prior")
+        elif self.prior_config:
+            raise ValueError(f"prior_config is for bottlenecks with codes; the {bottleneck!r} bottleneck "
+                             "has none.")
 
     @property
     def has_codes(self):
@@ -145,7 +171,16 @@ class BottleneckAutoencoder(LossTermsModel):
             self.bottleneck.build(shape)
         self.post_bottleneck.build((*shape[:3], self.code_dim))
         self.decoder.build((*shape[:3], self.encoder.latent_channels))
+        # 1 once fit_prior has run (saved with the weights): sample() refuses
+        # a prior that was never fitted instead of drawing noise.
+        self.prior_fitted = self.add_weight(name="prior_fitted", shape=(), initializer="zeros",
+                                            trainable=False, autocast=False)
         self.built = True
+
+    def trained_variables(self):
+        # The prior is fitted apart, after the autoencoder (fit_prior).
+        prior = {id(variable) for variable in (self.prior.trainable_variables if self.prior else [])}
+        return [variable for variable in self.trainable_variables if id(variable) not in prior]
 
     def encode(self, images, training=False):
         """Images to the bottleneck's outputs (a dict with ``quantized``)."""
@@ -164,6 +199,111 @@ class BottleneckAutoencoder(LossTermsModel):
         decoded = self.decoder(self.post_bottleneck(quantized), training=training)
         top, left = self.padding
         return decoded[:, top:top + self.image_shape[0], left:left + self.image_shape[1]]
+
+    def decode_codes(self, codes, parents=None):
+        """Integer code maps ``(b, *code_map_shape)`` (with the capsule
+        bottleneck, and the ``parents`` they index) to images, clipped to
+        [0, 1], a tensor."""
+        if not self.has_codes:
+            raise ValueError(self._no_codes_reason())
+        codes = self.prior.check_codes(codes)
+        return ops.clip(self.decode(self.bottleneck.lookup(codes, parents)), 0.0, 1.0)
+
+    # -- the prior: a second stage -----------------------------------------------------
+
+    @property
+    def can_sample(self):
+        return self.has_codes
+
+    @property
+    def fits_prior(self):
+        return self.has_codes
+
+    def _no_codes_reason(self):
+        return (f"{self.name} (bottleneck {self.bottleneck_kind!r}) assigns no discrete codes, so no prior "
+                "over codes can be fitted and it cannot sample: the continuous control's latent map is "
+                "continuous, and the reference mode's capsule layer returns a continuous map (its parent "
+                "capsule is discarded). Sample from vq_vae, cv_vae, vqgan or cvgan.")
+
+    def _check_has_codes(self):
+        if not self.has_codes:
+            raise ValueError(self._no_codes_reason())
+
+    def encode_codes(self, images, batch_size=256, verbose=0):
+        """The code maps of ``images`` (inference mode): a dict of numpy
+        arrays, ``codes`` int32 ``(n, *code_map_shape)`` and, with the
+        capsule bottleneck, ``parents`` ``(n, num_parents, parent_dim)``."""
+        self._check_has_codes()
+        images = self.check_images(np.asarray(images) if not tf.is_tensor(images) else images)
+        batch_size = checks.check_count("batch_size", batch_size)
+        keys = ("codes", "parents") if self.bottleneck.codes_need_parents else ("codes",)
+        encode = tf.function(lambda batch: {key: self.encode(batch)[key] for key in keys},
+                             reduce_retracing=True)
+        count = int(images.shape[0])
+        progress = keras.utils.Progbar(count, unit_name="image") if verbose else None
+        parts = {key: [] for key in keys}
+        for start in range(0, count, batch_size):
+            outputs = encode(checks.assert_image_values(images[start:start + batch_size], self.IMAGE_VALUES,
+                                                        f"{self.name}: images"))
+            for key in keys:
+                parts[key].append(ops.convert_to_numpy(outputs[key]))
+            if progress is not None:
+                progress.update(min(start + batch_size, count))
+        return {key: np.concatenate(values) for key, values in parts.items()}
+
+    def fit_prior(self, images, epochs=10, batch_size=64, validation_images=None, optimizer=None,
+                  callbacks=None, verbose=1):
+        """The sampling stage, after the autoencoder is trained: encode
+        ``images`` (the training split), fit the pose Gaussian (capsule
+        bottleneck) on their parents and the ``CodePrior`` on their code
+        maps for ``epochs`` (Adam 1e-3 unless ``optimizer``), validated on
+        the codes of ``validation_images`` if given. Returns the prior's
+        ``History`` (``code_nll`` in nats per map)."""
+        self._check_has_codes()
+        epochs = checks.check_count("epochs", epochs)
+        train = self.encode_codes(images, verbose=verbose)
+        validation = None
+        if validation_images is not None:
+            validation = (self.encode_codes(validation_images)["codes"],)
+        if self.pose_prior is not None:
+            self.pose_prior.fit(train["parents"].reshape(len(train["parents"]), -1))
+        if optimizer is not None or not self.prior.compiled:
+            self.prior.compile(optimizer=optimizer or keras.optimizers.Adam(1e-3))
+        history = self.prior.fit(train["codes"], batch_size=batch_size, epochs=epochs,
+                                 validation_data=validation, callbacks=callbacks, verbose=verbose)
+        self.prior_fitted.assign(1.0)
+        return history
+
+    def sample(self, n, steps=None, seed=None, temperature=1.0, batch_size=256, verbose=0):
+        """``n`` images from the fitted prior (``fit_prior``): a dict of numpy
+        arrays, ``images`` (clipped to [0, 1]) and ``codes``. ``seed``: an
+        int (the same draws every time), a ``keras.random.SeedGenerator``, or
+        None. ``temperature`` divides the PixelCNN's logits. ``steps``: none
+        (the prior draws position by position, one pass each)."""
+        n = checks.check_count("n", n)
+        if steps is not None:
+            checks.check_count("steps", steps)
+            raise ValueError(f"{self.name} samples without steps (its prior draws the {self.code_map_shape} "
+                             f"code map position by position); got steps={steps!r}.")
+        self._check_has_codes()
+        if float(ops.convert_to_numpy(self.prior_fitted)) != 1.0:
+            raise ValueError(f"{self.name}'s prior over codes has not been fitted: call "
+                             "fit_prior(training_images) after training the autoencoder (or load weights "
+                             "shipped with a fitted prior).")
+        if seed is not None and not isinstance(seed, keras.random.SeedGenerator):
+            if not checks.is_integer(seed):
+                raise ValueError(f"seed must be an int, a keras.random.SeedGenerator or None; got {seed!r}.")
+            seed = keras.random.SeedGenerator(int(seed))
+        batch_size = checks.check_count("batch_size", batch_size)
+        codes = self.prior.sample(n, seed=seed, temperature=temperature, verbose=verbose)
+        parents = None
+        if self.pose_prior is not None:
+            parents = ops.reshape(self.pose_prior.sample(n, seed=seed),
+                                  (n, self.bottleneck.num_parents, self.bottleneck.parent_dim))
+        images = [ops.convert_to_numpy(self.decode_codes(
+            codes[start:start + batch_size], None if parents is None else parents[start:start + batch_size]))
+            for start in range(0, n, batch_size)]
+        return {"images": np.concatenate(images), "codes": codes}
 
     def _forward(self, images, training):
         encoded = self.encode(images, training=training)
@@ -203,13 +343,25 @@ class BottleneckAutoencoder(LossTermsModel):
             self.code_usage.update_state(outputs["codes"])
 
     def serving_endpoints(self):
-        """``reconstruct`` (images to clipped reconstructions)."""
+        """``reconstruct`` (images to clipped reconstructions); ``encode``
+        (images to the bottleneck's ``quantized`` map, float32 ``(batch,
+        *code_map_shape, code_dim)``, and, where there are codes, int32
+        ``codes``); ``decode`` (a ``quantized`` map to clipped ``images``)."""
 
         def reconstruct(images):
             return {"reconstruction": self.clipped_reconstruction(images)}
 
+        def encode(images):
+            encoded = self.encode(images, training=False)
+            return {key: encoded[key] for key in ("quantized", "codes") if key in encoded}
+
+        def decode(quantized):
+            return {"images": ops.clip(self.decode(quantized), 0.0, 1.0)}
+
         images = tf.TensorSpec([None, *self.image_shape], tf.float32, name="images")
-        return {"reconstruct": (reconstruct, [images])}
+        quantized = tf.TensorSpec([None, *self.code_map_shape, self.code_dim], tf.float32, name="quantized")
+        return {"reconstruct": (reconstruct, [images]), "encode": (encode, [images]),
+                "decode": (decode, [quantized])}
 
     def get_config(self):
         config = super().get_config()
@@ -217,13 +369,13 @@ class BottleneckAutoencoder(LossTermsModel):
             image_shape=self.image_shape, padded_size=self.padded_size, bottleneck=self.bottleneck_kind,
             code_dim=self.code_dim, bottleneck_config=self.bottleneck_config,
             encoder_config=self.encoder_config, decoder_config=self.decoder_config,
-            gradient_difference_weight=self.gradient_difference_weight,
+            gradient_difference_weight=self.gradient_difference_weight, prior_config=self.prior_config,
         )
         return config
 
 
 @keras.saving.register_keras_serializable(package="caps_zoo")
-class AdversarialAutoencoder(AdversarialModel):
+class AdversarialAutoencoder(GenerativeModel, AdversarialModel):
     """``BottleneckAutoencoder`` trained against a PatchGAN, VQGAN's way.
 
     The generator step minimises the autoencoder's terms plus
@@ -273,6 +425,27 @@ class AdversarialAutoencoder(AdversarialModel):
     def reconstruct(self, images):
         return self.autoencoder.reconstruct(images)
 
+    # Sampling is the autoencoder's (a prior fitted after training).
+    @property
+    def can_sample(self):
+        return self.autoencoder.can_sample
+
+    @property
+    def fits_prior(self):
+        return self.autoencoder.fits_prior
+
+    def encode_codes(self, images, batch_size=256, verbose=0):
+        return self.autoencoder.encode_codes(images, batch_size=batch_size, verbose=verbose)
+
+    def decode_codes(self, codes, parents=None):
+        return self.autoencoder.decode_codes(codes, parents)
+
+    def fit_prior(self, images, **kwargs):
+        return self.autoencoder.fit_prior(images, **kwargs)
+
+    def sample(self, n, steps=None, seed=None, **kwargs):
+        return self.autoencoder.sample(n, steps=steps, seed=seed, **kwargs)
+
     def serving_endpoints(self):
         return self.autoencoder.serving_endpoints()
 
@@ -283,7 +456,7 @@ class AdversarialAutoencoder(AdversarialModel):
         return taming_adam()
 
     def generator_variables(self):
-        return self.autoencoder.trainable_variables
+        return self.autoencoder.trained_variables()
 
     def discriminator_variables(self):
         return self.discriminator.trainable_variables

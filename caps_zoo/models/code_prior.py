@@ -13,9 +13,12 @@ models those maps in raster order, ``p(c) = prod_k p(c_k | c_<k)``::
     prior.compile(optimizer=keras.optimizers.Adam(1e-3))
     prior.fit(codes, batch_size=64, epochs=...)
     maps = prior.sample(16, seed=0)                       # int32 (16, 8, 8)
-    # vq_vae only: its codebook alone decodes a map (a cv_vae's parent
-    # poses are routed per image, so its codes alone do not decode).
-    images = vq.decode(ops.take(vq.bottleneck.codebook, maps, axis=0))
+    images = vq.decode_codes(maps)                        # vq_vae: its codebook decodes a map
+
+The family's models hold their own prior and fit it in one call
+(``model.fit_prior(images)``, then ``model.sample(n)``); a cv_vae's codes
+name parent capsules routed per image, so its samples draw the parent
+poses from a ``GaussianPrior`` (below) fitted to the training images'.
 
 The network: an embedding of the codes, a mask-"A" convolution (it sees
 only the positions before the centre), ``num_layers`` residual mask-"B"
@@ -377,4 +380,65 @@ class CodePrior(LossTermsModel):
         config = super().get_config()
         config.update(num_codes=self.num_codes, map_shape=self.map_shape, filters=self.filters,
                       num_layers=self.num_layers, kernel_size=self.kernel_size)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="caps_zoo")
+class GaussianPrior(keras.layers.Layer):
+    """A full-covariance Gaussian over ``dim``-vectors, fitted by maximum
+    likelihood (``fit``) and sampled (``sample``).
+
+    What it is for: a ``cv_vae``'s codes name parent capsules whose poses are
+    routed per image, so a sampled code map needs poses too. This prior
+    draws them, flattened (``num_parents x parent_dim`` numbers), from the
+    Gaussian of the training images' poses, independently of the code map
+    (a crude joint: the PixelCNN over codes does not see the poses, nor the
+    poses the codes). Its mean and Cholesky factor are non-trainable
+    weights, so they save and load with the model.
+    """
+
+    def __init__(self, dim, jitter=1e-5, **kwargs):
+        super().__init__(**kwargs)
+        if not checks.is_integer(dim) or dim < 1:
+            raise ValueError(f"dim must be an int >= 1; got {dim!r}.")
+        if not checks.is_real(jitter) or not jitter >= 0:
+            raise ValueError(f"jitter must be a number >= 0; got {jitter!r}.")
+        self.dim = int(dim)
+        self.jitter = float(jitter)
+        self.build()
+
+    def build(self, input_shape=None):
+        if self.built:
+            return
+        self.mean = self.add_weight(name="mean", shape=(self.dim,), initializer="zeros",
+                                    trainable=False, autocast=False)
+        self.scale_tril = self.add_weight(name="scale_tril", shape=(self.dim, self.dim),
+                                          initializer="identity", trainable=False, autocast=False)
+        self.built = True
+
+    def fit(self, vectors):
+        """Set the mean and covariance to those of ``vectors`` ``(n, dim)``
+        (n >= 2, finite); ``jitter`` times the mean variance is added to the
+        diagonal, so that a rank-deficient set still factors."""
+        vectors = np.asarray(vectors, np.float64)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim or len(vectors) < 2:
+            raise ValueError(f"GaussianPrior '{self.name}' fits on (n >= 2, {self.dim}) vectors; "
+                             f"got shape {vectors.shape}.")
+        if not np.isfinite(vectors).all():
+            raise ValueError(f"GaussianPrior '{self.name}': the vectors hold NaN or inf.")
+        mean = vectors.mean(axis=0)
+        covariance = np.cov(vectors, rowvar=False).reshape(self.dim, self.dim)
+        covariance += np.eye(self.dim) * self.jitter * max(float(np.trace(covariance)) / self.dim, 1e-12)
+        self.mean.assign(mean.astype(np.float32))
+        self.scale_tril.assign(np.linalg.cholesky(covariance).astype(np.float32))
+
+    def sample(self, n, seed=None):
+        """``n`` draws, float32 tensor ``(n, dim)``; ``seed`` as
+        ``keras.random.normal``'s (an int or a ``SeedGenerator``)."""
+        noise = keras.random.normal((checks.check_count("n", n), self.dim), seed=seed)
+        return self.mean[None, :] + ops.matmul(noise, ops.transpose(self.scale_tril))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(dim=self.dim, jitter=self.jitter)
         return config
