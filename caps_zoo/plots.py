@@ -66,10 +66,10 @@ def reconstruction_grid(images, reconstructions, labels, predictions, path=None,
         colour = "black" if label == predicted else "red"
         left.set_title(f"true {label}", fontsize=7)
         right.set_title(f"pred {predicted}", fontsize=7, color=colour)
-    return _finish(figure, "inputs (gray) beside reconstructions from the predicted capsule", path)
+    return finish_figure(figure, "inputs (gray) beside reconstructions from the predicted capsule", path)
 
 
-def _finish(figure, title, path, dpi=120):
+def finish_figure(figure, title, path, dpi=120):
     """Title and lay out ``figure``; with ``path`` save it there and return
     ``path``, else return the figure (shown inline in a notebook)."""
     figure.suptitle(title, fontsize=9)
@@ -247,7 +247,7 @@ def drawing_strip(drawn, path=None, columns=10, max_rows=8):
             if row == 0:
                 axis.set_title(f"t={step + 1}", fontsize=8)
     title = "canvas sigmoid(c_t) after step t" + ("; red: the patch written at t" if boxes is not None else "")
-    return _finish(figure, title, path)
+    return finish_figure(figure, title, path)
 
 
 def drawing_frames(drawn, scale=4, columns=8, max_images=16):
@@ -303,7 +303,7 @@ def drawing_gif(drawn, path, scale=4, columns=8, max_images=16, frame_ms=80, hol
 # -- samples and their nearest training images -------------------------------------
 
 
-def _grey_images(images, what="images"):
+def grey_images(images, what="images"):
     """``(n, height, width)`` float images from ``(n, h, w)`` or ``(n, h, w, 1)``."""
     images = np.asarray(images)
     if images.ndim == 4 and images.shape[-1] == 1:
@@ -321,7 +321,7 @@ def image_grid(images, path=None, columns=10, title=None):
     """Grey images in rows of ``columns`` (e.g. a generator's samples after
     an epoch), drawn as one mosaic. With ``path``: saves a PNG, returns
     ``path``; without, returns the figure."""
-    images = _grey_images(images)
+    images = grey_images(images)
     count, height, width = images.shape
     columns = max(1, min(int(columns), count))
     rows = int(np.ceil(count / columns))
@@ -336,7 +336,7 @@ def image_grid(images, path=None, columns=10, title=None):
     axis = figure.subplots()
     axis.imshow(mosaic, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     axis.axis("off")
-    return _finish(figure, title or "", path)
+    return finish_figure(figure, title or "", path)
 
 
 SAMPLE_COLOUR = "tab:red"
@@ -348,7 +348,7 @@ def nearest_neighbour_grid(samples, train_images, indices, distances, path=None)
     its Euclidean pixel distance (Im et al.'s Fig. 24). ``indices`` and
     ``distances`` are ``(n, k)``, as ``metrics.nearest_neighbours`` returns.
     With ``path``: saves a PNG, returns ``path``; without, the figure."""
-    samples = _grey_images(samples, "samples")
+    samples = grey_images(samples, "samples")
     train_images = np.asarray(train_images)
     indices = np.asarray(indices)
     distances = np.asarray(distances)
@@ -362,7 +362,7 @@ def nearest_neighbour_grid(samples, train_images, indices, distances, path=None)
             f"indices must be in [0, {len(train_images)}) (rows of train_images); got "
             f"[{indices.min()}, {indices.max()}]."
         )
-    neighbours = _grey_images(train_images[indices.reshape(-1)], "train_images")
+    neighbours = grey_images(train_images[indices.reshape(-1)], "train_images")
     rows, k = indices.shape
     neighbours = neighbours.reshape(rows, k, *neighbours.shape[1:])
 
@@ -382,4 +382,4 @@ def nearest_neighbour_grid(samples, train_images, indices, distances, path=None)
                     spine.set_linewidth(2)
             else:
                 axis.set_title(f"d={distances[row, column - 1]:.2f}", fontsize=7)
-    return _finish(figure, "samples beside their nearest training images (pixel distance d)", path)
+    return finish_figure(figure, "samples beside their nearest training images (pixel distance d)", path)
