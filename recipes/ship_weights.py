@@ -50,12 +50,15 @@ import time
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 import caps_zoo
-from caps_zoo import data, metrics, plots, registry
+from caps_zoo import code_map_figures, data, metrics, plots, registry
 from caps_zoo import weights as weights_io
 from caps_zoo.models import CapsuleNetwork
+from caps_zoo.models.capsule_vector_vae import AdversarialAutoencoder, BottleneckAutoencoder
+from caps_zoo.reconstruction_quality import reconstruction_quality
 from caps_zoo.models.base import GenerativeModel
 from caps_zoo.training import BEST_RECORD, BEST_WEIGHTS, METRICS, machine_description, run_lock, sample_count
 
@@ -79,6 +82,29 @@ def describe_samples(model, dataset, folder, tag, frechet_samples, train_images)
     plots.nearest_neighbour_grid(samples[:8], train_images, indices, distances,
                                  folder / f"{tag}.nearest_neighbours.png")
     return frechet
+
+
+def describe_reconstructions(model, dataset, folder, tag, batch_size=250):
+    """The CV-VAE family's pixel figures on the whole test split (MSE, PSNR,
+    SSIM: ``reconstruction_quality``), the Frechet distance of the
+    reconstructions to the test images (where a classifier for the dataset
+    ships), and two figures: inputs beside reconstructions, and the code
+    maps drawn over the inputs (models with codes)."""
+    images = data.load_images(dataset, "test")
+    reconstructions = np.concatenate([model.reconstruct(images[start:start + batch_size])
+                                      for start in range(0, len(images), batch_size)])
+    result = reconstruction_quality(images, reconstructions)
+    try:
+        result["frechet"] = metrics.frechet_classifier_distance(images, reconstructions, weights=dataset)
+    except ValueError as error:  # the registry: no classifier pretrained on this dataset
+        result["frechet"] = {"frechet_distance": None, "skipped": str(error)}
+    code_map_figures.reconstruction_pairs(images[:32], reconstructions[:32], folder / f"{tag}.reconstructions.png",
+                                          title=f"{model.name}: test inputs (grey) beside reconstructions")
+    if model.num_codes is not None:  # the models with a code per position
+        codes = model.encode_codes(images[:32])["codes"]
+        code_map_figures.code_map_overlay(images[:32], codes, model.num_codes, path=folder / f"{tag}.codes.png",
+                                          title=f"{model.name}: code per position ({model.num_codes} codes)")
+    return result
 
 
 def epoch_count(text):
@@ -321,6 +347,10 @@ def stage_and_measure(args, run, staging, shipped_weights_name):
     # sample below is part of it, and checks that loading reproduces it).
     test = model.evaluate(data.load(config["dataset"], "test", batch_size=250, binarize=binarize),
                           return_dict=True, verbose=1)
+    reconstruction = {}
+    if isinstance(model, (BottleneckAutoencoder, AdversarialAutoencoder)):
+        reconstruction = {"test_reconstruction": describe_reconstructions(model, config["dataset"], staging,
+                                                                          args.tag)}
     sample = {}
     if config["dataset"] == "mnist":
         sample = model.evaluate(data.load("mnist_sample", "test", batch_size=250, binarize=binarize),
@@ -407,6 +437,7 @@ def stage_and_measure(args, run, staging, shipped_weights_name):
         **({"routing_iterations": list(model.routing_iterations)}
            if isinstance(model, CapsuleNetwork) else {}),
         "wall_hours": wall_hours,
+        "parameters": model.count_params(),
         "machine": machine_description(),
         # Every metric of model.evaluate: accuracy and losses of the capsule
         # networks; for DRAW/DCRW loss = Lx + Lz, the negative lower bound,
@@ -416,6 +447,7 @@ def stage_and_measure(args, run, staging, shipped_weights_name):
         **({"sample": "caps_zoo/data/mnist_test_sample.npz (first 1,000 MNIST test images"
                       + (f", binarized '{binarize}')" if binarize else ")")} if sample else {}),
         **best_in_log,
+        **reconstruction,
         **prior,
         **frechet,
         "measured_by": "recipes/ship_weights.py with the float16 weights as shipped",

@@ -217,6 +217,12 @@ def test_shipping_a_vq_vae_fits_its_prior_and_the_shipped_model_samples(tiny_mni
     assert len(prior["code_nll_per_epoch"]) == len(prior["validation_code_nll_per_epoch"]) == 2
     assert metadata["frechet"]["n_generated"] == 64 and metadata["frechet"]["frechet_distance"] > 0
     assert (scratch_saved_models / "vq_vae" / "mnist.samples.png").stat().st_size > 5000
+    quality = metadata["test_reconstruction"]
+    assert 0 < quality["mse"] < 1 and quality["psnr_db"] > 0 and -1 < quality["ssim"] <= 1
+    assert quality["n_images"] == 128 and quality["frechet"]["frechet_distance"] > 0
+    for figure in ("reconstructions", "codes"):
+        assert (scratch_saved_models / "vq_vae" / f"mnist.{figure}.png").stat().st_size > 5000
+    assert metadata["parameters"] == caps_zoo.create_model("vq_vae").count_params()
     model = caps_zoo.load("vq_vae")
     samples = model.sample(4, seed=0)["images"]  # the prior shipped inside the weights
     assert samples.shape == (4, 28, 28, 1) and np.isfinite(samples).all()

@@ -160,6 +160,11 @@ class BottleneckAutoencoder(GenerativeModel, LossTermsModel):
         """Whether the bottleneck assigns a discrete code per position."""
         return self.bottleneck is not None and self.bottleneck.has_codes
 
+    @property
+    def num_codes(self):
+        """The codes per position (VQ codes, or parent capsules), or None."""
+        return self.bottleneck.num_codes if self.has_codes else None
+
     def build(self, input_shape=None):
         padded = (None, self.padded_size, self.padded_size, self.image_shape[-1])
         self.encoder.build(padded)
@@ -424,6 +429,10 @@ class AdversarialAutoencoder(GenerativeModel, AdversarialModel):
 
     def reconstruct(self, images):
         return self.autoencoder.reconstruct(images)
+
+    @property
+    def num_codes(self):
+        return self.autoencoder.num_codes
 
     # Sampling is the autoencoder's (a prior fitted after training).
     @property
