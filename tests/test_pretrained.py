@@ -1,5 +1,6 @@
 """The shipped weights load by name and reach their stated accuracy."""
 
+import keras
 import pytest
 
 import caps_zoo
@@ -7,7 +8,8 @@ from caps_zoo import data
 
 
 # The recurrent writers sample z: their bound on 1,000 images varies by a
-# few tenths of a nat between evaluations.
+# few tenths of a nat between evaluations (dcrw_no_read_attention, seeds
+# 0-5: 132.55 to 133.57 nats, against 133.46 stated).
 SAMPLED_BOUND_TOLERANCE_NATS = 1.5
 
 
@@ -16,6 +18,10 @@ def test_shipped_weights_reach_stated_metrics_on_shipped_sample(name):
     metadata = caps_zoo.load_metadata(name)
     model = caps_zoo.load(name)  # weights="mnist", the default
     binarize = "fixed" if "binarized" in metadata["sample"] else None
+    # The writers' bound samples z: seeded, so that the check does not
+    # depend on what earlier tests drew (unseeded, it differed from the
+    # stated bound by more than the tolerance about once in a hundred runs).
+    keras.utils.set_random_seed(0)
     metrics = model.evaluate(
         data.load("mnist_sample", "test", batch_size=250, binarize=binarize),
         return_dict=True,
