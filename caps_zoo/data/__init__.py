@@ -12,6 +12,10 @@ Where the arrays come from, in order:
 ``mnist_sample`` is 1,000 real MNIST test images shipped inside the package
 (the first 1,000 of the test split), for the demo and fast tests.
 
+``multi_mnist`` (overlapping pairs of MNIST digits, Sabour et al. 2017) is
+built on the fly from MNIST by ``load`` and ``num_examples``; it has no
+arrays. See ``caps_zoo.data.multi_mnist`` for its elements and splits.
+
 Splits (``SPLITS``):
 
 - ``"train"``: all training images (60,000 for MNIST; what the shipped runs
@@ -59,6 +63,7 @@ _KERAS_LOADERS = {
     "fashion_mnist": lambda: __import__("keras").datasets.fashion_mnist.load_data(),
 }
 DATASETS = tuple(_KERAS_LOADERS) + ("mnist_sample",)
+GENERATED_DATASETS = ("multi_mnist",)  # pipelines only (load, num_examples): no arrays
 SPLITS = ("train", "validation", "test")
 VALIDATION_SIZE = 5000  # the last 5,000 training images; MNIST keeps 55,000 to train on
 BINARIZATIONS = ("stochastic", "fixed", "threshold")
@@ -70,8 +75,13 @@ class DataUnavailableError(RuntimeError):
 
 
 def _check(name, split, holdout_validation=False):
+    if name in GENERATED_DATASETS:
+        raise ValueError(
+            f"'{name}' has no arrays: its pairs are made on the fly by caps_zoo.data.load('{name}', ...) "
+            "(for the source digits use load_arrays('mnist', ...)).")
     if name not in DATASETS:
-        raise ValueError(f"Unknown dataset '{name}'; choose one of {', '.join(DATASETS)}.")
+        raise ValueError(f"Unknown dataset '{name}'; choose one of "
+                         f"{', '.join(DATASETS + GENERATED_DATASETS)}.")
     if split not in SPLITS:
         raise ValueError(f"Unknown split '{split}'; choose one of {', '.join(SPLITS)}.")
     if name == "mnist_sample" and split != "test":
@@ -233,11 +243,14 @@ def load(
     binarize=None,
     holdout_validation=False,
     validation_size=VALIDATION_SIZE,
+    max_shift=None,
+    partners=None,
 ):
-    """A batched ``tf.data.Dataset`` of ``(images, labels)``.
+    """A batched ``tf.data.Dataset`` of ``(images, labels)``; for
+    ``multi_mnist`` of ``(merged, targets)`` (see ``caps_zoo.data.multi_mnist``).
 
     Args:
-        name: ``mnist``, ``fashion_mnist`` or ``mnist_sample``.
+        name: ``mnist``, ``fashion_mnist``, ``mnist_sample`` or ``multi_mnist``.
         split: ``train``, ``validation`` or ``test`` (see the module's
             docstring); ``validation`` behaves like ``test``: unshuffled,
             unshifted by default.
@@ -254,7 +267,27 @@ def load(
         holdout_validation: for ``train``: leave out the last
             ``validation_size`` images (the ``validation`` split).
         validation_size: the size of the ``validation`` split.
+        max_shift, partners: ``multi_mnist`` only: the shift of each digit
+            (0 to 8 pixels each way, default 4) and the fixed pairs per
+            validation / test image (default 1).
     """
+    if name == "multi_mnist":
+        from caps_zoo.data import multi_mnist
+
+        for option, value, hint in (("shuffle", shuffle, "training pairs are always shuffled"),
+                                    ("shift_pixels", shift_pixels, "use max_shift"),
+                                    ("binarize", binarize, "its digits are not binarized")):
+            if value is not None:
+                raise ValueError(f"'{option}' does not apply to 'multi_mnist' ({hint}); got {value!r}.")
+        return multi_mnist.load(
+            split, batch_size=batch_size, seed=seed,
+            max_shift=multi_mnist.DEFAULT_MAX_SHIFT if max_shift is None else max_shift,
+            partners=1 if partners is None else partners, limit=limit,
+            holdout_validation=holdout_validation, validation_size=validation_size,
+            drop_remainder=drop_remainder, repeat=repeat)
+    for option, value in (("max_shift", max_shift), ("partners", partners)):
+        if value is not None:
+            raise ValueError(f"'{option}' applies only to 'multi_mnist', not to '{name}'.")
     check_binarize(binarize)
     images, labels = load_arrays(name, split, holdout_validation, validation_size)
     if limit is not None:
@@ -294,7 +327,16 @@ def load(
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def num_examples(name, split, limit=None, holdout_validation=False, validation_size=VALIDATION_SIZE):
-    """The number of examples ``load`` gives with the same arguments."""
+def num_examples(name, split, limit=None, holdout_validation=False, validation_size=VALIDATION_SIZE,
+                 partners=None):
+    """The number of examples ``load`` gives with the same arguments (for
+    ``multi_mnist``: pairs per pass, ``partners`` per image for the fixed splits)."""
+    if name == "multi_mnist":
+        from caps_zoo.data import multi_mnist
+
+        return multi_mnist.num_examples(split, limit, holdout_validation, validation_size,
+                                        1 if partners is None else partners)
+    if partners is not None:
+        raise ValueError(f"'partners' applies only to 'multi_mnist', not to '{name}'.")
     count = len(load_arrays(name, split, holdout_validation, validation_size)[1])
     return count if limit is None else min(limit, count)
