@@ -43,7 +43,7 @@ from caps_zoo.layers.code_usage import CodeUsage
 from caps_zoo.layers.vector_quantizer import VectorQuantizer
 from caps_zoo.models.base import AdversarialModel, GenerativeModel, LossTermsModel
 from caps_zoo.models.builder import build_compiled
-from caps_zoo.models.code_prior import CodePrior, GaussianPrior
+from caps_zoo.models.code_prior import CodePrior, GaussianPrior, seed_generator
 from caps_zoo.registry import register_model
 
 PAPER = "cvgan-capsule-vector-vae.md"
@@ -209,8 +209,7 @@ class BottleneckAutoencoder(GenerativeModel, LossTermsModel):
         """Integer code maps ``(b, *code_map_shape)`` (with the capsule
         bottleneck, and the ``parents`` they index) to images, clipped to
         [0, 1], a tensor."""
-        if not self.has_codes:
-            raise ValueError(self._no_codes_reason())
+        self._check_has_codes()
         codes = self.prior.check_codes(codes)
         return ops.clip(self.decode(self.bottleneck.lookup(codes, parents)), 0.0, 1.0)
 
@@ -224,15 +223,13 @@ class BottleneckAutoencoder(GenerativeModel, LossTermsModel):
     def fits_prior(self):
         return self.has_codes
 
-    def _no_codes_reason(self):
-        return (f"{self.name} (bottleneck {self.bottleneck_kind!r}) assigns no discrete codes, so no prior "
+    def _check_has_codes(self):
+        if not self.has_codes:
+            raise ValueError(
+                f"{self.name} (bottleneck {self.bottleneck_kind!r}) assigns no discrete codes, so no prior "
                 "over codes can be fitted and it cannot sample: the continuous control's latent map is "
                 "continuous, and the reference mode's capsule layer returns a continuous map (its parent "
                 "capsule is discarded). Sample from vq_vae, cv_vae, vqgan or cvgan.")
-
-    def _check_has_codes(self):
-        if not self.has_codes:
-            raise ValueError(self._no_codes_reason())
 
     def encode_codes(self, images, batch_size=256, verbose=0):
         """The code maps of ``images`` (inference mode): a dict of numpy
@@ -295,10 +292,7 @@ class BottleneckAutoencoder(GenerativeModel, LossTermsModel):
             raise ValueError(f"{self.name}'s prior over codes has not been fitted: call "
                              "fit_prior(training_images) after training the autoencoder (or load weights "
                              "shipped with a fitted prior).")
-        if seed is not None and not isinstance(seed, keras.random.SeedGenerator):
-            if not checks.is_integer(seed):
-                raise ValueError(f"seed must be an int, a keras.random.SeedGenerator or None; got {seed!r}.")
-            seed = keras.random.SeedGenerator(int(seed))
+        seed = seed_generator(seed)  # one stream for the codes and the poses
         batch_size = checks.check_count("batch_size", batch_size)
         codes = self.prior.sample(n, seed=seed, temperature=temperature, verbose=verbose)
         parents = None

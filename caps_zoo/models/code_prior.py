@@ -188,6 +188,17 @@ def assert_code_values(codes, num_codes, what):
         return tf.identity(codes)
 
 
+def seed_generator(seed):
+    """``seed`` for a sequence of draws: an int becomes a local
+    ``keras.random.SeedGenerator`` (the same seed gives the same sequence,
+    whatever was drawn before); a generator or None is passed through."""
+    if seed is None or isinstance(seed, keras.random.SeedGenerator):
+        return seed
+    if not checks.is_integer(seed):
+        raise ValueError(f"seed must be an int, a keras.random.SeedGenerator or None; got {seed!r}.")
+    return keras.random.SeedGenerator(int(seed))
+
+
 @keras.saving.register_keras_serializable(package="caps_zoo")
 class CodePrior(LossTermsModel):
     """A PixelCNN over code maps (module docstring).
@@ -344,12 +355,7 @@ class CodePrior(LossTermsModel):
         if (isinstance(temperature, bool) or not isinstance(temperature, numbers.Real)
                 or not np.isfinite(temperature) or temperature <= 0):
             raise ValueError(f"temperature must be a finite number > 0; got {temperature!r}.")
-        if seed is not None and not isinstance(seed, keras.random.SeedGenerator):
-            if not checks.is_integer(seed):
-                raise ValueError(f"seed must be an int, a keras.random.SeedGenerator or None; got {seed!r}.")
-            # A local generator: the same seed gives the same sequence of
-            # draws, whatever was drawn before.
-            seed = keras.random.SeedGenerator(int(seed))
+        seed = seed_generator(seed)
         height, width = self.map_shape
         codes = np.zeros((n, height, width), np.int32)
         progress = keras.utils.Progbar(height * width, unit_name="position") if verbose else None
