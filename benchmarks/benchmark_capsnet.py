@@ -57,7 +57,11 @@ def primary_conv_floor(model, batch, repeats, warmup):
     sum, as in ``../shared/peer-bench/tf_conv_floor.py``) the gradients do
     not depend on the forward result and TensorFlow prunes the forward
     convolution, so such a "forward + backward" figure times the backward
-    pass alone. Both are returned: ``{"forward_backward_s", "backward_only_s"}``.
+    pass alone. Both are returned: ``{"forward_backward_s", "backward_only_s"}``,
+    with ``zoo_forward_backward_s``, the same convolution as PrimaryCaps
+    computes it in training (its kernel gradient is a convolution of its own:
+    ``caps_zoo.layers.capsule.strided_conv2d``), so training may beat the
+    plain-TensorFlow floor.
     """
     import numpy as np
     import tensorflow as tf
@@ -70,16 +74,23 @@ def primary_conv_floor(model, batch, repeats, warmup):
         tf.cast(tf.random.uniform((batch,) + tuple(feature_shape[1:])), conv.compute_dtype)
     )
 
-    def step(square):
+    def step(square, zoo):
         with tf.GradientTape() as tape:
-            out = tf.cast(conv(features), "float32")
+            convolved = model.primary_caps.convolve(features, training=True) if zoo else conv(features)
+            out = tf.cast(convolved, "float32")
             loss = tf.reduce_sum(tf.square(out) if square else out)
         gradients = tape.gradient(loss, [features, *conv.trainable_variables])
         return tf.add_n([tf.reduce_sum(tf.cast(g, "float32")) for g in gradients])
 
     timings = {}
-    for name, square in (("forward_backward_s", True), ("backward_only_s", False)):
-        function = tf.function(lambda square=square: step(square), jit_compile=False)
+    for name, square, zoo in (
+        ("forward_backward_s", True, False),
+        ("backward_only_s", False, False),
+        # The same convolution as the zoo trains it (PrimaryCaps.convolve:
+        # the kernel gradient as a convolution of its own), for comparison.
+        ("zoo_forward_backward_s", True, True),
+    ):
+        function = tf.function(lambda square=square, zoo=zoo: step(square, zoo), jit_compile=False)
         for _ in range(warmup):
             function().numpy()
         timings[name] = float(np.median(_harness.timed_calls(lambda: function().numpy(), repeats)))
@@ -161,6 +172,7 @@ def measure(args, model_name, precision):
     )
     floor = primary_conv_floor(model, batch, max(3, args.train_steps // 2), args.warmup_steps)
     floor["images_per_second"] = batch / floor["forward_backward_s"]
+    floor["zoo_images_per_second"] = batch / floor["zoo_forward_backward_s"]
     # Of the floor's rate, the share training reaches (1.0: every other op free).
     floor["training_fraction"] = train_images_per_second / floor["images_per_second"]
     return {
@@ -215,7 +227,7 @@ def summarize(results, args):
     batch = args.batch_size
     headers = [
         "model", "precision", f"train img/s (b{batch})", "step ms med",
-        "PrimaryCaps conv floor img/s", "of floor",
+        "PrimaryCaps conv floor img/s", "of floor", "zoo's conv img/s",
         "infer b1 ms med/p90", f"infer b{batch} ms med/p90", f"infer img/s (b{batch})",
         "finite", "max|Δscore| vs fp32",
     ]
@@ -233,6 +245,7 @@ def summarize(results, args):
             f"{r['train']['median_step_ms']:.0f}",
             f"{r['primary_conv_floor']['images_per_second']:.1f}",
             f"{r['primary_conv_floor']['training_fraction']:.0%}",
+            f"{r['primary_conv_floor']['zoo_images_per_second']:.1f}",
             f"{small['median_ms']:.1f} / {small['p90_ms']:.1f}",
             f"{large['median_ms']:.0f} / {large['p90_ms']:.0f}",
             f"{large['images_per_second']:.1f}",

@@ -194,6 +194,75 @@ def test_primary_caps_shape_order_and_squash():
     np.testing.assert_allclose(capsules, numpy_squash(features.reshape(2, -1, 8)), atol=1e-5)
 
 
+def numpy_valid_conv_kernel_gradient(x, upstream, kernel_size, strides):
+    """dL/dW of a VALID NHWC convolution, window by window."""
+    (kh, kw), (sh, sw) = kernel_size, strides
+    grad = np.zeros((kh, kw, x.shape[-1], upstream.shape[-1]))
+    for y in range(upstream.shape[1]):
+        for x_ in range(upstream.shape[2]):
+            window = x[:, y * sh : y * sh + kh, x_ * sw : x_ * sw + kw, :]  # (b, kh, kw, ci)
+            grad += np.einsum("bhwc,bo->hwco", window, upstream[:, y, x_, :])
+    return grad
+
+
+@pytest.mark.parametrize(
+    "size, kernel, strides",
+    [((20, 20), (9, 9), (2, 2)), ((17, 13), (3, 3), (2, 3)), ((16, 16), (5, 5), (2, 2))],
+)
+def test_strided_conv2d_gradients_match_numpy_and_tensorflow(size, kernel, strides):
+    from caps_zoo.layers.capsule import strided_conv2d
+
+    rng = np.random.default_rng(1)
+    x = tf.constant(rng.normal(size=(3, *size, 4)).astype("float32"))
+    w = tf.constant(rng.normal(size=(*kernel, 4, 5)).astype("float32"))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([x, w])
+        ours = strided_conv2d(x, w, strides)
+        plain = tf.nn.conv2d(x, w, [1, *strides, 1], "VALID")
+        # sin: the upstream gradient depends on the output (not a plain sum).
+        ours_loss, plain_loss = tf.reduce_sum(tf.sin(ours)), tf.reduce_sum(tf.sin(plain))
+    np.testing.assert_array_equal(ours, plain)
+    ours_dx, ours_dw = tape.gradient(ours_loss, [x, w])
+    plain_dx, plain_dw = tape.gradient(plain_loss, [x, w])
+    np.testing.assert_array_equal(ours_dx, plain_dx)
+    reference = numpy_valid_conv_kernel_gradient(
+        x.numpy().astype("float64"), np.cos(plain.numpy()).astype("float64"), kernel, strides
+    )
+    # (17, 13) with stride 3 leaves a column no window reads: it gets no gradient.
+    np.testing.assert_allclose(ours_dw, reference, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ours_dw, plain_dw, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_primary_caps_trains_the_convolution_it_infers_with(policy):
+    """training=True computes the kernel gradient its own way
+    (strided_conv2d); outputs and gradients are the Keras layer's."""
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        layer = PrimaryCaps(num_capsule_types=4, capsule_dim=6, kernel_size=5, strides=2)
+        x = tf.constant(np.random.default_rng(2).normal(size=(3, 16, 16, 8)).astype("float32"))
+        results = []
+        from caps_zoo.layers.capsule import _kernel_gradient_as_convolution
+
+        layer.build(x.shape)
+        assert _kernel_gradient_as_convolution(layer.conv)  # the path under test is taken
+        for training in (True, False):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = tf.reduce_sum(tf.sin(layer(x, training=training) * 3.0))
+            results.append((loss, *tape.gradient(loss, [x, *layer.trainable_variables])))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    # bfloat16: the bias gradient sums 108 bfloat16 terms (8-bit mantissa)
+    # in another order; 2.5% of the largest seen.
+    tolerance = 1e-5 if policy == "float32" else 5e-2
+    for ours, plain in zip(*results):
+        scale = float(tf.reduce_max(tf.abs(tf.cast(plain, "float32"))))
+        np.testing.assert_allclose(
+            tf.cast(ours, "float32"), tf.cast(plain, "float32"), atol=tolerance * max(scale, 1.0)
+        )
+
+
 def test_length_and_mask():
     capsules = np.zeros((2, 3, 2), "float32")
     capsules[0, 1] = [3, 4]
