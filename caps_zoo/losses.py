@@ -4,7 +4,13 @@ Each returns one value per example; models average them and decide how to
 scale for ``tf.distribute`` (see ``caps_zoo.models.base``).
 """
 
+import keras
 from keras import ops
+
+# The (y_true, y_pred) losses are registered, so that a user's model compiled
+# with them (model.compile(loss=caps_zoo.losses.margin_loss)) saves and loads
+# without custom_objects.
+_register = keras.saving.register_keras_serializable(package="caps_zoo")
 
 MARGIN_POSITIVE = 0.9
 MARGIN_NEGATIVE = 0.1
@@ -12,6 +18,7 @@ DOWNWEIGHT_ABSENT = 0.5
 RECONSTRUCTION_WEIGHT = 0.0005
 
 
+@_register
 def margin_loss(
     labels,
     lengths,
@@ -55,6 +62,7 @@ def class_ids(labels, num_classes):
     return labels
 
 
+@_register
 def reconstruction_squared_error(images, reconstructions, weight=RECONSTRUCTION_WEIGHT):
     """``weight`` x the sum of squared pixel errors per example: shape ``(batch,)``.
 
@@ -80,6 +88,7 @@ def _distributions():
     return tfp.distributions
 
 
+@_register
 def bernoulli_nll_nats(images, logits):
     """``Lx = -log Bernoulli(x | sigmoid(logits))`` summed over pixels: ``(batch,)``.
 
@@ -141,6 +150,7 @@ def per_example_mean(values):
     return ops.mean(ops.reshape(ops.cast(values, "float32"), (ops.shape(values)[0], -1)), axis=-1)
 
 
+@_register
 def l1_reconstruction(images, reconstructions):
     """Mean absolute pixel error per example: ``(batch,)``."""
     return per_example_mean(ops.abs(ops.cast(images, "float32") - ops.cast(reconstructions, "float32")))
@@ -155,6 +165,7 @@ def image_gradients(images):
     return dy, dx
 
 
+@_register
 def gradient_difference(images, reconstructions):
     """The image-gradient-difference loss (Mathieu et al. 2016, alpha = 1) per
     example: the mean over pixels of ``|dx - dx^| + |dy - dy^|``: ``(batch,)``.

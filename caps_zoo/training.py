@@ -76,6 +76,7 @@ class TrainConfig:
     learning_rate_schedule: str = "exponential"
     warmup_epochs: float = 0.0  # cosine only
     shift_pixels: int = 2
+    max_shift: int = None  # multi_mnist: each digit's shift (None: its default, 4); shift_pixels is 0
     train_limit: int = None  # first N training examples (tests, quick runs)
     test_limit: int = None
     steps_per_epoch: int = None
@@ -88,6 +89,7 @@ class TrainConfig:
     binarize: str = None  # "stochastic" for the Bernoulli VAEs; the test split is then "fixed"
     clip_norm: float = None  # global gradient-norm clipping (Adam's global_clipnorm)
     adam_beta_1: float = 0.9  # GANs: 0.5 (DCGAN)
+    adam_beta_2: float = 0.999  # Keras' default; the CV-VAE family: 0.9 (taming's VQGAN)
     # Adversarial models: the discriminator's Adam (learning_rate is the
     # generator's); None: the same as the generator's.
     discriminator_learning_rate: float = None
@@ -130,6 +132,14 @@ class TrainConfig:
                 "epochs is the total, including those already done."
             )
         data.check_binarize(self.binarize)
+        if self.dataset in data.GENERATED_DATASETS and self.shift_pixels:
+            raise ValueError(
+                f"'{self.dataset}' shifts each digit itself: set max_shift (--max-shift), and "
+                f"shift_pixels to 0 (got {self.shift_pixels})."
+            )
+        if self.max_shift is not None and self.dataset not in data.GENERATED_DATASETS:
+            raise ValueError(f"max_shift is for {data.GENERATED_DATASETS}, not '{self.dataset}' "
+                             "(it shifts with shift_pixels).")
         if self.learning_rate_schedule not in LEARNING_RATE_SCHEDULES:
             raise ValueError(f"learning_rate_schedule must be one of {LEARNING_RATE_SCHEDULES}, "
                              f"got '{self.learning_rate_schedule}'.")
@@ -199,7 +209,8 @@ def build_model(config):
         weights_io.load_weights(model, config.init_weights)
     def adam(learning_rate):
         return keras.optimizers.Adam(
-            learning_rate, beta_1=config.adam_beta_1, global_clipnorm=config.clip_norm
+            learning_rate, beta_1=config.adam_beta_1, beta_2=config.adam_beta_2,
+            global_clipnorm=config.clip_norm,
         )
 
     adversarial = isinstance(model, AdversarialModel)
@@ -719,11 +730,14 @@ def _train_locked(config, run_dir, callbacks):
 
 
 def _fit(model, strategy, config, run_dir, seed, callbacks, from_snapshot=False):
+    # Generated pairs shift each digit themselves (max_shift); images shift whole.
+    shifts = ({"max_shift": config.max_shift} if config.dataset in data.GENERATED_DATASETS
+              else {"shift_pixels": config.shift_pixels})
     train_data = data.load(
         config.dataset,
         "train",
         batch_size=config.batch_size,
-        shift_pixels=config.shift_pixels,
+        **shifts,
         limit=config.train_limit,
         seed=seed,
         # Equal shares for every replica; a single replica keeps every image.
@@ -736,12 +750,13 @@ def _fit(model, strategy, config, run_dir, seed, callbacks, from_snapshot=False)
     # shipped runs were trained) the test split. The Bernoulli VAEs are
     # evaluated on a fixed binarization either way.
     binarize = "fixed" if config.binarize else None
+    fixed_shifts = {"max_shift": config.max_shift} if "max_shift" in shifts else {}
     if config.validation:
         val_data = data.load(config.dataset, "validation", batch_size=256, binarize=binarize,
-                             validation_size=config.validation_size)
+                             validation_size=config.validation_size, **fixed_shifts)
     else:
         val_data = data.load(config.dataset, "test", batch_size=256, limit=config.test_limit,
-                             binarize=binarize)
+                             binarize=binarize, **fixed_shifts)
 
     # Only the cosine schedule needs the epoch's length (it is set per batch);
     # counting the images reads the dataset's arrays a second time.
@@ -900,6 +915,7 @@ def recipe_argument_parser(description, defaults, models):
     parser.add_argument("--clip-norm", type=float,
                         help="clip the global gradient norm to this")
     parser.add_argument("--adam-beta-1", type=float, help="Adam's beta_1")
+    parser.add_argument("--adam-beta-2", type=float, help="Adam's beta_2")
     parser.add_argument("--train-limit", type=int, help="first N training images")
     parser.add_argument("--test-limit", type=int, help="first N test images")
     parser.add_argument("--steps-per-epoch", type=int)

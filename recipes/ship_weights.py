@@ -107,8 +107,45 @@ def describe_reconstructions(model, dataset, folder, tag, batch_size=250):
     return result
 
 
+# MultiMNIST: the reported figure is over K = 10 fixed partners per test image
+# (100,000 pairs, Sabour et al.); the shipped sample is the K = 1 pairs of the
+# first 500 test images (tests/test_pretrained.py checks it).
+PAIR_TEST_PARTNERS = 10
+PAIR_SAMPLE_IMAGES = 500
+
+
+def describe_pairs(model, config, folder, tag, scanned_images=2000):
+    """The separation figure of 8 fixed test pairs and a gallery of up to 8
+    failures among the K = 1 pairs of the first ``scanned_images`` test
+    images: ``<tag>.separation.png``, ``<tag>.failures.png``."""
+    from caps_zoo import overlapping_digits
+
+    pairs = data.load("multi_mnist", "test", batch_size=250, limit=scanned_images,
+                      max_shift=config.get("max_shift"))
+    shown, failures = None, []
+    for merged, targets in pairs:
+        outputs = model(merged, training=False)
+        predicted = overlapping_digits.predicted_digits(outputs["scores"], 2).numpy()
+        correct, _ = overlapping_digits.digit_matches(outputs["scores"], targets["label_ids"])
+        batch = (merged.numpy(), targets["digits"].numpy(), targets["label_ids"].numpy(),
+                 outputs["reconstruction"].numpy(), predicted)
+        if shown is None:
+            shown = [part[:8] for part in batch]
+        wrong = np.flatnonzero(correct.numpy() == 0)
+        failures.extend(tuple(part[i] for part in batch) for i in wrong[: 8 - len(failures)])
+        if len(failures) >= 8:
+            break
+    overlapping_digits.separation_figure(*shown, path=folder / f"{tag}.separation.png",
+                                         title=f"{config['model']}: 8 fixed MultiMNIST test pairs")
+    if failures:
+        overlapping_digits.separation_figure(
+            *(np.stack(part) for part in zip(*failures)), path=folder / f"{tag}.failures.png",
+            title=f"{config['model']}: the first {len(failures)} failures among the pairs of the "
+                  f"first {scanned_images:,} test images")
+
+
 def epoch_count(text):
-    """argparse type of ``--prior-epochs``: an integer >= 1."""
+    """argparse type of a count (``--prior-epochs``, ``--test-limit``): an integer >= 1."""
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1; got {value}")
@@ -234,6 +271,9 @@ def main(argv=None):
                         help="models whose prior is fitted after training (the CV-VAE family's "
                              "PixelCNN over codes): its epochs, on the run's training images")
     parser.add_argument("--notes", default="", help="e.g. how the machine was shared")
+    parser.add_argument("--test-limit", type=epoch_count, default=None,
+                        help="evaluate the first N test images only (quick checks and tests; the "
+                             "metadata states the count, a shipped figure uses all of them)")
     parser.add_argument("--status", help="e.g. why a run was stopped early; default: finished, "
                                          "or in training with the epochs done")
     parser.add_argument("--select", help="how the shipped epoch was chosen: 'validation' or 'last'; "
@@ -345,7 +385,11 @@ def stage_and_measure(args, run, staging, shipped_weights_name):
     binarize = "fixed" if config.get("binarize") else None
     # The one look at the test split for a validation run (the 1,000-image
     # sample below is part of it, and checks that loading reproduces it).
-    test = model.evaluate(data.load(config["dataset"], "test", batch_size=250, binarize=binarize),
+    pairs = config["dataset"] in data.GENERATED_DATASETS
+    pair_options = {"max_shift": config.get("max_shift")} if pairs else {}
+    test_partners = {"partners": PAIR_TEST_PARTNERS} if pairs else {}
+    test = model.evaluate(data.load(config["dataset"], "test", batch_size=250, binarize=binarize,
+                                    limit=args.test_limit, **pair_options, **test_partners),
                           return_dict=True, verbose=1)
     reconstruction = {}
     if isinstance(model, (BottleneckAutoencoder, AdversarialAutoencoder)):
@@ -355,6 +399,11 @@ def stage_and_measure(args, run, staging, shipped_weights_name):
     if config["dataset"] == "mnist":
         sample = model.evaluate(data.load("mnist_sample", "test", batch_size=250, binarize=binarize),
                                 return_dict=True, verbose=0)
+    elif pairs:
+        sample = model.evaluate(data.load(config["dataset"], "test", batch_size=250,
+                                          limit=PAIR_SAMPLE_IMAGES, **pair_options),
+                                return_dict=True, verbose=0)
+        describe_pairs(model, config, staging, args.tag)
     # The images the run trained on: without the validation split if it held one out.
     validation = bool(config.get("validation"))
     validation_size = config.get("validation_size", data.VALIDATION_SIZE)
@@ -366,7 +415,7 @@ def stage_and_measure(args, run, staging, shipped_weights_name):
             data.load_images(config["dataset"], "train", **training_split))}
     train_count = data.num_examples(config["dataset"], "train", config.get("train_limit"),
                                     **training_split)
-    test_count = data.num_examples(config["dataset"], "test")  # all of it, as evaluated above
+    test_count = data.num_examples(config["dataset"], "test", args.test_limit, **test_partners)
     steps = config.get("steps_per_epoch")
     augmentation = []
     if config.get("shift_pixels"):
@@ -379,6 +428,13 @@ def stage_and_measure(args, run, staging, shipped_weights_name):
     binarized = (f" binarized '{binarize}' (caps_zoo.data, seed {data.FIXED_BINARIZATION_SEED})"
                  if binarize else "")
     test_split = f"{test_count:,} test images" + binarized
+    if pairs:
+        from caps_zoo.data import multi_mnist
+
+        shift = multi_mnist.DEFAULT_MAX_SHIFT if config.get("max_shift") is None else config["max_shift"]
+        test_split = (f"{test_count:,} fixed test pairs ({PAIR_TEST_PARTNERS} partners per MNIST test "
+                      f"image, shifts up to {shift} px)")
+        augmentation.append(f"fresh pairs every epoch, shifts up to {shift} px per digit")
     validation_split = (f", epoch chosen on {validation_size:,} validation images (the last "
                         f"{validation_size:,} training images{binarized})" if best else "")
     best_in_log = {}
@@ -445,7 +501,15 @@ def stage_and_measure(args, run, staging, shipped_weights_name):
         **{f"test_{name}": value for name, value in test.items()},
         **{f"sample_{name}": value for name, value in sample.items()},
         **({"sample": "caps_zoo/data/mnist_test_sample.npz (first 1,000 MNIST test images"
-                      + (f", binarized '{binarize}')" if binarize else ")")} if sample else {}),
+                      + (f", binarized '{binarize}')" if binarize else ")")}
+           if sample and not pairs else {}),
+        **({"sample": f"the fixed MultiMNIST test pairs of the first {PAIR_SAMPLE_IMAGES} MNIST test "
+                      "images (1 partner each)",
+            "training_pairs_seen": train_count * epochs_completed if not steps
+            else steps * config["batch_size"] * epochs_completed,
+            "at_least_one_accuracy_note": "at least one of the two labels among the two longest "
+                                          "capsules: weaker, not comparable with the papers' figures"}
+           if pairs else {}),
         **best_in_log,
         **reconstruction,
         **prior,

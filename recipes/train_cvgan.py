@@ -4,7 +4,7 @@
 
 One recipe and one budget for every bottleneck (issue 12): the same data
 (28x28 images in [0, 1], no augmentation), batch 64, Adam at taming's rule
-(4.5e-6 x batch, beta_1 0.5; beta_2 is Keras' 0.999, taming's is 0.9), seed
+(4.5e-6 x batch, betas 0.5 and 0.9), seed
 and epochs; only ``--model`` changes. With ``--validation`` the epoch of the
 lowest validation L1 error ships (``best.weights.npz``); the GANs are
 selected on the same number, which their adversarial terms do not enter.
@@ -23,6 +23,7 @@ DEFAULTS = TrainConfig(
     learning_rate=4.5e-6 * 64,
     learning_rate_decay=1.0,
     adam_beta_1=0.5,
+    adam_beta_2=0.9,  # taming's (Keras' default is 0.999)
     shift_pixels=0,
     selection_metric="val_l1_loss",
     selection_mode="min",

@@ -80,3 +80,28 @@ def test_adaptive_weight_hand_computed_and_detached():
     np.testing.assert_allclose(weight, 0.8 * 5.0 / (2.0 + 1e-4), rtol=1e-6)
     assert tape.gradient(weight, gan) is None
     np.testing.assert_allclose(losses.adaptive_weight(rec, tf.zeros(2), scale=1.0), losses.ADAPTIVE_WEIGHT_MAX)
+
+
+def test_a_user_model_compiled_with_zoo_losses_saves_and_loads(tmp_path):
+    """A Functional model of zoo layers, compiled with margin_loss: .keras
+    round trip without custom_objects, the same loss after loading."""
+    import keras
+
+    from caps_zoo import layers, losses as zoo_losses
+
+    keras.utils.set_random_seed(0)
+    images = keras.Input((28, 28, 1))
+    features = keras.layers.Conv2D(16, 9, activation="relu")(images)
+    capsules = layers.PrimaryCaps(num_capsule_types=4, capsule_dim=4, kernel_size=9, strides=2)(features)
+    scores = layers.Length()(layers.RoutingCaps(10, 8)(capsules))
+    model = keras.Model(images, scores)
+    model.compile(optimizer="adam", loss=zoo_losses.margin_loss)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(8, 28, 28, 1)).astype("float32")
+    y = rng.integers(0, 10, size=(8,)).astype("int32")
+    model.fit(x, y, epochs=1, verbose=0)
+    path = tmp_path / "user_model.keras"
+    model.save(path)
+    again = keras.models.load_model(path)
+    assert again.loss is not None
+    np.testing.assert_allclose(again.evaluate(x, y, verbose=0), model.evaluate(x, y, verbose=0), rtol=1e-6)

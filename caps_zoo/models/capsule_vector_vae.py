@@ -119,6 +119,7 @@ class BottleneckAutoencoder(GenerativeModel, LossTermsModel):
         bottleneck_layer = make_bottleneck(bottleneck, int(code_dim), bottleneck_config)
         bottleneck_terms = () if bottleneck_layer is None else bottleneck_layer.loss_term_names
         super().__init__(loss_terms=(*RECONSTRUCTION_TERMS, *bottleneck_terms), **kwargs)
+        self._encode_codes_function = None  # encode_codes' tf.function, made on first use
         self.bottleneck_kind = bottleneck
         self.code_dim = int(code_dim)
         self.bottleneck_config = bottleneck_config
@@ -239,8 +240,13 @@ class BottleneckAutoencoder(GenerativeModel, LossTermsModel):
         images = self.check_images(np.asarray(images) if not tf.is_tensor(images) else images)
         batch_size = checks.check_count("batch_size", batch_size)
         keys = ("codes", "parents") if self.bottleneck.codes_need_parents else ("codes",)
-        encode = tf.function(lambda batch: {key: self.encode(batch)[key] for key in keys},
-                             reduce_retracing=True)
+        # One function per model, traced once (not once per call: fit_prior
+        # encodes two splits, and a notebook calls this again and again).
+        encode = self._encode_codes_function
+        if encode is None:
+            encode = tf.function(lambda batch: {key: self.encode(batch)[key] for key in keys},
+                                 reduce_retracing=True)
+            self._encode_codes_function = encode
         count = int(images.shape[0])
         progress = keras.utils.Progbar(count, unit_name="image") if verbose else None
         parts = {key: [] for key in keys}

@@ -27,13 +27,25 @@ Outputs of ``call`` / ``predict`` (images only; the decoder reconstructs from
 the longest capsule): ``{"scores": (b, 10) capsule lengths, "poses":
 (b, 10, 16) digit capsules, "reconstruction": (b, 28, 28, 1)}``. Training
 masks by the true label instead, as in the paper.
+
+Overlapping digits (MultiMNIST, Sabour et al. Sec. 6): with
+``digits_per_image=2`` (and ``image_shape=(36, 36, 1)``) the model trains
+on ``caps_zoo.data.load("multi_mnist", ...)``'s ``(merged, targets)``: the
+margin loss on the 2-hot label, and the decoder run once per digit, masked
+by that digit's class, each reconstruction against its own source digit
+(``reconstruction_weight`` x squared error each, summed). It logs
+``pair_accuracy`` (both longest capsules are the two labels;
+``caps_zoo.overlapping_digits``) and ``at_least_one_accuracy`` (weaker, not
+comparable with the papers' figures) instead of ``accuracy``, and
+``reconstruction`` is ``(b, 2, h, w, c)``: one image per digit, the two
+longest capsules (highest first) or the given ``labels`` ``(b, 2)``.
 """
 
 import keras
 import tensorflow as tf
 from keras import ops
 
-from caps_zoo import losses
+from caps_zoo import checks, losses, overlapping_digits
 from caps_zoo.layers import CapsuleStack, Length, Mask
 from caps_zoo.models.base import ClassAccuracy, LossTermsModel
 from caps_zoo.models.builder import build_compiled
@@ -59,6 +71,8 @@ class CapsuleNetwork(ClassAccuracy, LossTermsModel):
         stop_gradient_in_routing: see ``RoutingCaps``.
         decoder_units: hidden sizes of the reconstruction decoder.
         reconstruction_weight: weight of the summed squared error.
+        digits_per_image: 1, or 2 for overlapping pairs (MultiMNIST; see the
+            module's docstring).
 
     Loss terms (per image, logged under these names): ``margin_loss`` (eq. 4
     of Sabour et al., summed over classes) and ``reconstruction_squared_error``
@@ -82,9 +96,16 @@ class CapsuleNetwork(ClassAccuracy, LossTermsModel):
         stop_gradient_in_routing=False,
         decoder_units=(512, 1024),
         reconstruction_weight=losses.RECONSTRUCTION_WEIGHT,
+        digits_per_image=1,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if digits_per_image not in (1, 2):
+            raise ValueError(
+                f"digits_per_image must be 1 (one digit per image) or 2 (overlapping pairs, "
+                f"MultiMNIST); got {digits_per_image!r}."
+            )
+        self.digits_per_image = int(digits_per_image)
         self.image_shape = tuple(int(v) for v in image_shape)
         self.decoder_units = tuple(int(v) for v in decoder_units)
         self.reconstruction_weight = float(reconstruction_weight)
@@ -152,20 +173,34 @@ class CapsuleNetwork(ClassAccuracy, LossTermsModel):
         pixels = self.decoder(self.mask(poses, labels))
         return ops.reshape(pixels, (-1,) + self.image_shape)
 
+    def decode_each(self, poses, label_ids):
+        """One reconstruction per digit, ``(b, k, h, w, c)``: the decoder run
+        once for every column of ``label_ids`` ``(b, k)``, masked by it."""
+        return ops.stack(
+            [self.decode(poses, label_ids[:, k]) for k in range(label_ids.shape[-1])], axis=1
+        )
+
     def call(self, images, training=False, labels=None):
         poses = self.encode(images, training=training)
-        return {
-            "scores": self.length(poses),
-            "poses": poses,
-            "reconstruction": self.decode(poses, labels),
-        }
+        scores = self.length(poses)
+        if self.digits_per_image == 1:
+            reconstruction = self.decode(poses, labels)
+        else:
+            if labels is None:
+                labels = overlapping_digits.predicted_digits(scores, self.digits_per_image)
+            reconstruction = self.decode_each(poses, labels)
+        return {"scores": scores, "poses": poses, "reconstruction": reconstruction}
 
     def serving_endpoints(self):
         """``{"classify": (function, input_signature)}`` for ``caps_zoo.export``."""
 
         def classify(images):
             outputs = dict(self(images, training=False))
-            outputs["classes"] = tf.argmax(outputs["scores"], axis=-1, output_type=tf.int64)
+            if self.digits_per_image == 1:
+                outputs["classes"] = tf.argmax(outputs["scores"], axis=-1, output_type=tf.int64)
+            else:  # (b, 2): the two longest capsules, the longer first
+                classes = overlapping_digits.predicted_digits(outputs["scores"], self.digits_per_image)
+                outputs["classes"] = tf.cast(classes, tf.int64)
             return outputs
 
         images = tf.TensorSpec([None, *self.image_shape], tf.float32, name="images")
@@ -175,6 +210,8 @@ class CapsuleNetwork(ClassAccuracy, LossTermsModel):
 
     def forward_with_loss_terms(self, images, labels, training):
         """Outputs (the decoder masked by the true ``labels``) and the loss terms."""
+        if self.digits_per_image > 1:
+            return self._pairs_with_loss_terms(images, labels, training)
         labels = self.require_labels(labels)
         outputs = self(images, training=training, labels=labels)
         return outputs, {
@@ -183,6 +220,71 @@ class CapsuleNetwork(ClassAccuracy, LossTermsModel):
                 images, outputs["reconstruction"], self.reconstruction_weight
             ),
         }
+
+    # -- overlapping digits (digits_per_image=2) ------------------------------
+
+    def require_labels(self, labels):
+        if self.digits_per_image == 1:
+            return super().require_labels(labels)
+        return self.require_pair_targets(labels)["label_ids"]
+
+    def require_pair_targets(self, targets):
+        """``{"label_ids": (b, 2), "digits": (b, 2, h, w, c)}``, checked: what
+        ``caps_zoo.data.load("multi_mnist", ...)`` gives as targets."""
+        k, shape = self.digits_per_image, self.image_shape
+        if not isinstance(targets, dict) or not {"label_ids", "digits"} <= set(targets):
+            got = sorted(targets) if isinstance(targets, dict) else type(targets).__name__
+            raise ValueError(
+                f"{self.name} (digits_per_image={k}) trains and evaluates on (images, targets) with "
+                f"targets['label_ids'] (batch, {k}) and targets['digits'] (batch, {k}, "
+                f"{', '.join(map(str, shape))}), as caps_zoo.data.load('multi_mnist', ...) gives them; "
+                f"got {got}."
+            )
+        label_ids = targets["label_ids"]
+        if tuple(label_ids.shape[1:]) != (k,):
+            raise ValueError(
+                f"{self.name}: targets['label_ids'] must have shape (batch, {k}); got {tuple(label_ids.shape)}."
+            )
+        digits = checks.assert_shape(
+            targets["digits"], (None, k, *shape),
+            f"{self.name}: targets['digits'] (the source digits) must have shape "
+            f"{checks.describe_shape((None, k, *shape))}")
+        label_ids = checks.assert_class_ids(label_ids, self.num_classes, f"{self.name}: targets['label_ids']")
+        return {"label_ids": ops.cast(label_ids, "int32"), "digits": ops.cast(digits, "float32")}
+
+    def _pairs_with_loss_terms(self, images, targets, training):
+        targets = self.require_pair_targets(targets)
+        label_ids, digits = targets["label_ids"], targets["digits"]
+        outputs = self(images, training=training, labels=label_ids)
+        present = ops.sum(ops.one_hot(label_ids, self.num_classes), axis=1)  # the 2-hot label
+        reconstruction = sum(
+            losses.reconstruction_squared_error(
+                digits[:, k], outputs["reconstruction"][:, k], self.reconstruction_weight
+            )
+            for k in range(self.digits_per_image)
+        )
+        return outputs, {
+            "margin_loss": losses.margin_loss(present, outputs["scores"]),
+            "reconstruction_squared_error": reconstruction,
+        }
+
+    def build_accuracy(self):
+        if self.digits_per_image == 1:
+            return super().build_accuracy()
+        self.accuracy_tracker = overlapping_digits.PairAccuracy()
+        self.at_least_one_tracker = overlapping_digits.AtLeastOneAccuracy()
+
+    @property
+    def extra_metrics(self):
+        if self.digits_per_image == 1:
+            return super().extra_metrics
+        return [self.accuracy_tracker, self.at_least_one_tracker]
+
+    def update_extra_metrics(self, images, labels, outputs):
+        if self.digits_per_image == 1:
+            return super().update_extra_metrics(images, labels, outputs)
+        for tracker in self.extra_metrics:
+            tracker.update_state(labels["label_ids"], outputs["scores"])
 
     def get_config(self):
         config = super().get_config()
@@ -196,6 +298,7 @@ class CapsuleNetwork(ClassAccuracy, LossTermsModel):
             )},
             decoder_units=self.decoder_units,
             reconstruction_weight=self.reconstruction_weight,
+            digits_per_image=self.digits_per_image,
         )
         return config
 

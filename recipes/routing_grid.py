@@ -1,0 +1,63 @@
+"""The routing-iteration grid (Deep Capsule Network paper, Figs. 9-11): train
+deep_capsnet for every (primary route r1, secondary route r2); resumes if killed.
+
+    python recipes/routing_grid.py --output-dir ~/runs/routing_grid \
+        --epochs 2 --train-limit 10000 --precision mixed_bfloat16
+
+Every cell trains with the same data, epochs, schedule and seed, with the
+validation split choosing its epoch; its test accuracy is measured once on
+those weights. Run the same command again to resume a half-done grid (see
+``caps_zoo.routing_grid``). At the end it writes ``results.json``,
+``results.md`` (the table), ``accuracy.png`` (validation accuracy),
+``test_accuracy.png`` and ``seconds_per_epoch.png`` in the output directory.
+"""
+
+from pathlib import Path
+
+from caps_zoo.training import TrainConfig, recipe_argument_parser
+
+# The grid's budget: reduced (16 trainings), the same for every cell.
+DEFAULTS = TrainConfig(
+    model="deep_capsnet",
+    epochs=2,
+    train_limit=10000,
+    output_dir="runs/routing_grid",
+    validation=True,
+    selection_metric="val_accuracy",
+    selection_mode="max",
+)
+
+
+def parse_args(argv=None):
+    parser = recipe_argument_parser(__doc__.splitlines()[0], DEFAULTS, ("deep_capsnet",))
+    parser.add_argument("--iterations", type=int, nargs="+", default=[1, 2, 3, 4],
+                        help="the routing iterations tried in each stage")
+    parser.set_defaults(validation=True)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import dataclasses
+
+    from caps_zoo import routing_grid
+
+    fields = {field.name for field in dataclasses.fields(TrainConfig)}
+    # --test-limit: the cells' one test evaluation (training never sees the test split).
+    base = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and k != "test_limit"})
+    results = routing_grid.run_grid(base, args.output_dir, args.iterations, test_limit=args.test_limit)
+    out = Path(args.output_dir)
+    (out / "results.md").write_text(routing_grid.markdown_table(results) + "\n")
+    budget = f"{base.epochs} epochs of {results[0]['training_images']:,} images, seed {base.seed}"
+    routing_grid.heat_map(results, "validation_accuracy", out / "accuracy.png",
+                          f"deep_capsnet validation accuracy (%), {budget}", percent=True)
+    routing_grid.heat_map(results, "test_accuracy", out / "test_accuracy.png",
+                          f"deep_capsnet test accuracy (%), {budget}", percent=True)
+    routing_grid.heat_map(results, "seconds_per_epoch", out / "seconds_per_epoch.png",
+                          f"seconds per training epoch, {budget}")
+    print(routing_grid.markdown_table(results))
+    return results
+
+
+if __name__ == "__main__":
+    main()
