@@ -12,7 +12,8 @@ Every model names its serving functions in ``model.serving_endpoints()``:
 
 - Capsule networks: ``classify``, float32 images ``(batch, height, width,
   channels)`` in [0, 1] (named ``images``) to ``{"scores", "poses",
-  "reconstruction", "classes"}`` (``classes``: the int64 argmax of ``scores``).
+  "reconstruction", "classes"}`` (``classes``: the int64 argmax of ``scores``;
+  for pair models, ``digits_per_image=2``, the two longest classes ``(batch, 2)``).
 - GRAN: ``generate``, prior noise ``(batch, latent_dim)`` (noise drawn once) or
   ``(batch, T, latent_dim)`` (at every step) to ``{"images"}``; and
   ``discriminate``, ``images`` to ``{"probability_real"}``.

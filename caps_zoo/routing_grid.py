@@ -62,6 +62,8 @@ def run_grid(base, output_dir, iterations=ITERATIONS, test_limit=None, progress=
         run_dir = output_dir / cell_name(r1, r2)
         config = dataclasses.replace(base, routing_iterations=(r1, r2), output_dir=str(run_dir))
         finished = (run_dir / training.METRICS).is_file()
+        if finished:
+            check_same_cell(config, run_dir)
         progress(f"[{index}/{len(cells)}] r1={r1} r2={r2}: "
                  + ("finished, read back" if finished else "training"))
         if not finished:
@@ -70,6 +72,26 @@ def run_grid(base, output_dir, iterations=ITERATIONS, test_limit=None, progress=
         training.write_json_atomically(output_dir / RESULTS, {
             "base": dataclasses.asdict(base), "iterations": list(iterations), "cells": results})
     return results
+
+
+# What may differ between a finished cell and the grid that reads it back.
+MAY_DIFFER = ("output_dir", "verbose")
+
+
+def check_same_cell(config, run_dir):
+    """A finished cell is read back only if it trained this grid's settings
+    (the resume check of a half-done run lets ``epochs`` grow; a grid's
+    cells must all have the same budget)."""
+    stored = json.loads((run_dir / "config.json").read_text())
+    stored = {**training.ADDED_LATER, **stored}
+    wanted = json.loads(json.dumps(dataclasses.asdict(config)))
+    differ = [name for name in wanted if name not in MAY_DIFFER and stored.get(name) != wanted[name]]
+    if differ:
+        details = ", ".join(f"{name}: {stored.get(name)!r} -> {wanted[name]!r}" for name in differ)
+        raise ValueError(
+            f"'{run_dir}' is a finished cell of a grid with other settings ({details}); every cell "
+            "of a grid trains the same budget. Use a new --output-dir for these settings."
+        )
 
 
 def describe_cell(config, run_dir, test_limit=None):
@@ -82,12 +104,19 @@ def describe_cell(config, run_dir, test_limit=None):
     if test_path.is_file():
         test = json.loads(test_path.read_text())
     else:
-        overrides = {**config.model_overrides, "routing_iterations": tuple(config.routing_iterations)}
-        model = registry.create_model(config.model, **overrides)
-        weights_io.load_weights(model, run_dir / training.BEST_WEIGHTS)
-        test_data = data.load(config.dataset, "test", batch_size=256, limit=test_limit)
-        test = model.evaluate(test_data, return_dict=True, verbose=0)
-        test = {"accuracy": float(test["accuracy"]),
+        # In the cell's precision, as its validation accuracy was measured.
+        import keras
+
+        previous = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy(config.precision)
+        try:
+            model = training.build_model(dataclasses.replace(config, init_weights=None))
+            weights_io.load_weights(model, run_dir / training.BEST_WEIGHTS)
+            test_data = data.load(config.dataset, "test", batch_size=256, limit=test_limit)
+            test = model.evaluate(test_data, return_dict=True, verbose=0)
+        finally:
+            keras.mixed_precision.set_global_policy(previous)
+        test = {"accuracy": float(test["accuracy"]), "precision": config.precision,
                 "images": data.num_examples(config.dataset, "test", test_limit)}
         training.write_json_atomically(test_path, test)
     primary, secondary = config.routing_iterations

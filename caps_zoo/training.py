@@ -132,12 +132,17 @@ class TrainConfig:
                 "epochs is the total, including those already done."
             )
         data.check_binarize(self.binarize)
-        if self.dataset in data.GENERATED_DATASETS and self.shift_pixels:
-            raise ValueError(
-                f"'{self.dataset}' shifts each digit itself: set max_shift (--max-shift), and "
-                f"shift_pixels to 0 (got {self.shift_pixels})."
-            )
-        if self.max_shift is not None and self.dataset not in data.GENERATED_DATASETS:
+        if self.dataset in data.GENERATED_DATASETS:
+            if self.shift_pixels:
+                raise ValueError(
+                    f"shift_pixels must be 0 for '{self.dataset}', which shifts each digit itself "
+                    f"(by up to max_shift; recipes/train_capsnet.py sets both); got {self.shift_pixels}."
+                )
+            if self.max_shift is not None:
+                from caps_zoo.data import multi_mnist
+
+                multi_mnist.check_max_shift(self.max_shift)
+        elif self.max_shift is not None:
             raise ValueError(f"max_shift is for {data.GENERATED_DATASETS}, not '{self.dataset}' "
                              "(it shifts with shift_pixels).")
         if self.learning_rate_schedule not in LEARNING_RATE_SCHEDULES:
@@ -590,6 +595,10 @@ RESUME_MAY_CHANGE = (
 )
 
 
+# Fields added on 2026-12-02, with the behaviour of the runs started before them.
+ADDED_LATER = {"adam_beta_2": 0.999, "max_shift": None}
+
+
 def _check_same_experiment(run_dir, config):
     """A restarted run must train what it started with: the same model,
     data, optimisation and selection (switching would mix two experiments in
@@ -601,6 +610,9 @@ def _check_same_experiment(run_dir, config):
         fixed = [field.name for field in dataclasses.fields(TrainConfig)
                  if field.name not in RESUME_MAY_CHANGE or (
                      field.name == "epochs" and config.learning_rate_schedule == "cosine")]
+        # A field added after a run started is absent from its config.json:
+        # it trained with what the field's default now means.
+        previous = {**ADDED_LATER, **previous}
         changed = [name for name in fixed
                    if name in previous and previous[name] != current[name]]
         if changed:
@@ -947,14 +959,20 @@ def recipe_argument_parser(description, defaults, models):
     return parser
 
 
+def use_logical_cpus(count):
+    """``--logical-cpus N``: split the CPU into N logical devices (for
+    ``--strategy mirrored`` on a machine without GPUs); 0 leaves it whole."""
+    if count:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * count
+        )
+
+
 def run_recipe(args, model_overrides=None):
     """Train the TrainConfig that parsed ``args`` give; print the test metrics
     (with --validation: the selected epoch's validation metrics)."""
-    if args.logical_cpus:
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * args.logical_cpus
-        )
+    use_logical_cpus(args.logical_cpus)
     fields = {field.name for field in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
     if model_overrides:

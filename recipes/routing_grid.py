@@ -41,6 +41,9 @@ def main(argv=None):
     import dataclasses
 
     from caps_zoo import routing_grid
+    from caps_zoo.training import use_logical_cpus
+
+    use_logical_cpus(args.logical_cpus)
 
     fields = {field.name for field in dataclasses.fields(TrainConfig)}
     # --test-limit: the cells' one test evaluation (training never sees the test split).

@@ -153,7 +153,7 @@ def test_recipe_trains_and_selects_on_pairs(tmp_path, monkeypatch, capsys):
     runpy.run_path(str(ship), run_name="__main__")
     metadata = caps_zoo.load_metadata("capsnet", "multi_mnist")
     assert metadata["data"].endswith("200 fixed test pairs (10 partners per MNIST test image, shifts up to 3 px)")
-    assert metadata["training_pairs_seen"] == 32 and 0 <= metadata["test_pair_accuracy"] <= 1
+    assert metadata["max_shift"] == 3 and metadata["training_pairs_seen"] == 32 and 0 <= metadata["test_pair_accuracy"] <= 1
     assert metadata["test_at_least_one_accuracy"] >= metadata["test_pair_accuracy"]
     assert (saved / "capsnet" / "multi_mnist.separation.png").stat().st_size > 0
     model = caps_zoo.load("capsnet", weights="multi_mnist")

@@ -2,6 +2,7 @@
 with its own iterations, a finished grid is read back, a half-done one
 trains only what is missing, and the figures and table are written."""
 
+import dataclasses
 import json
 import shutil
 
@@ -43,6 +44,11 @@ def test_grid_trains_each_cell_and_resumes(tmp_path):
                                     progress=said.append)
     assert [s.endswith("read back") for s in said] == [True, True, True, False]
     assert again[:3] == results[:3]
+
+    # A finished cell of other settings is never read back as this grid's.
+    with pytest.raises(ValueError, match=r"finished cell of a grid with other settings \(epochs: 1 -> 2"):
+        routing_grid.run_grid(dataclasses.replace(base(tmp_path), epochs=2), tmp_path / "grid", (1, 2),
+                              test_limit=64, progress=said.append)
 
     assert routing_grid.heat_map(again, "test_accuracy", tmp_path / "a.png", percent=True).stat().st_size > 0
     table = routing_grid.markdown_table(again)

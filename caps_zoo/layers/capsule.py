@@ -40,11 +40,15 @@ def _check_rank(layer, shape, rank, what):
 
 
 def _kernel_gradient_as_convolution(conv):
-    """Whether ``strided_conv2d`` may stand in for the Keras ``conv`` (valid
-    padding, a stride above 1, no dilation, one group, channels last)."""
+    """Whether ``strided_conv2d`` (plus the bias) may stand in for the Keras
+    ``conv``: valid padding, a stride above 1, no dilation, one group,
+    channels last, a bias and no activation or kernel constraint (PrimaryCaps'
+    own convolution)."""
     return (
         conv.padding == "valid" and max(conv.strides) > 1 and conv.dilation_rate == (1, 1)
         and conv.groups == 1 and conv.data_format == "channels_last" and conv.use_bias
+        and conv.activation is keras.activations.linear and conv.kernel_constraint is None
+        and conv.bias_constraint is None
     )
 
 

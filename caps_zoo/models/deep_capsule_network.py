@@ -223,11 +223,6 @@ class CapsuleNetwork(ClassAccuracy, LossTermsModel):
 
     # -- overlapping digits (digits_per_image=2) ------------------------------
 
-    def require_labels(self, labels):
-        if self.digits_per_image == 1:
-            return super().require_labels(labels)
-        return self.require_pair_targets(labels)["label_ids"]
-
     def require_pair_targets(self, targets):
         """``{"label_ids": (b, 2), "digits": (b, 2, h, w, c)}``, checked: what
         ``caps_zoo.data.load("multi_mnist", ...)`` gives as targets."""
