@@ -83,11 +83,9 @@ def check_same_cell(config, run_dir):
     (the resume check of a half-done run lets ``epochs`` grow; a grid's
     cells must all have the same budget)."""
     stored = json.loads((run_dir / "config.json").read_text())
-    stored = {**training.ADDED_LATER, **stored}
-    wanted = json.loads(json.dumps(dataclasses.asdict(config)))
-    differ = [name for name in wanted if name not in MAY_DIFFER and stored.get(name) != wanted[name]]
-    if differ:
-        details = ", ".join(f"{name}: {stored.get(name)!r} -> {wanted[name]!r}" for name in differ)
+    names = [field.name for field in dataclasses.fields(config) if field.name not in MAY_DIFFER]
+    details = training.changed_settings(stored, config, names)
+    if details:
         raise ValueError(
             f"'{run_dir}' is a finished cell of a grid with other settings ({details}); every cell "
             "of a grid trains the same budget. Use a new --output-dir for these settings."
@@ -105,17 +103,11 @@ def describe_cell(config, run_dir, test_limit=None):
         test = json.loads(test_path.read_text())
     else:
         # In the cell's precision, as its validation accuracy was measured.
-        import keras
-
-        previous = keras.mixed_precision.global_policy()
-        keras.mixed_precision.set_global_policy(config.precision)
-        try:
+        with training.dtype_policy(config.precision):
             model = training.build_model(dataclasses.replace(config, init_weights=None))
             weights_io.load_weights(model, run_dir / training.BEST_WEIGHTS)
             test_data = data.load(config.dataset, "test", batch_size=256, limit=test_limit)
             test = model.evaluate(test_data, return_dict=True, verbose=0)
-        finally:
-            keras.mixed_precision.set_global_policy(previous)
         test = {"accuracy": float(test["accuracy"]), "precision": config.precision,
                 "images": data.num_examples(config.dataset, "test", test_limit)}
         training.write_json_atomically(test_path, test)

@@ -599,6 +599,18 @@ RESUME_MAY_CHANGE = (
 ADDED_LATER = {"adam_beta_2": 0.999, "max_shift": None}
 
 
+def changed_settings(stored, config, names):
+    """``"name: before -> after, ..."`` for the ``names`` whose value in a
+    run's stored ``config.json`` (``stored``) differs from ``config``'s, or
+    "" if none does. A field added after the run started is absent from its
+    config.json: it trained with what the field's default now means
+    (``ADDED_LATER``); other absent fields are not compared."""
+    stored = {**ADDED_LATER, **stored}
+    current = json.loads(json.dumps(dataclasses.asdict(config)))  # as config.json stores it
+    return ", ".join(f"{name}: {stored[name]!r} -> {current[name]!r}"
+                     for name in names if name in stored and stored[name] != current[name])
+
+
 def _check_same_experiment(run_dir, config):
     """A restarted run must train what it started with: the same model,
     data, optimisation and selection (switching would mix two experiments in
@@ -606,17 +618,11 @@ def _check_same_experiment(run_dir, config):
     previous_path = run_dir / "config.json"
     if (run_dir / "progress.json").is_file() and previous_path.is_file():
         previous = json.loads(previous_path.read_text())
-        current = json.loads(json.dumps(dataclasses.asdict(config)))  # as config.json stores it
         fixed = [field.name for field in dataclasses.fields(TrainConfig)
                  if field.name not in RESUME_MAY_CHANGE or (
                      field.name == "epochs" and config.learning_rate_schedule == "cosine")]
-        # A field added after a run started is absent from its config.json:
-        # it trained with what the field's default now means.
-        previous = {**ADDED_LATER, **previous}
-        changed = [name for name in fixed
-                   if name in previous and previous[name] != current[name]]
-        if changed:
-            details = ", ".join(f"{name}: {previous[name]!r} -> {current[name]!r}" for name in changed)
+        details = changed_settings(previous, config, fixed)
+        if details:
             raise ValueError(
                 f"'{run_dir}' was started with other settings ({details}); resume it with the "
                 "settings it started with, or train in a new --output-dir (to continue from its "
@@ -729,16 +735,24 @@ def _train_locked(config, run_dir, callbacks):
     # A restart must not replay the first epochs' shuffles and shifts.
     seed = config.seed + _epochs_done(run_dir, config)
 
-    previous_policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(config.precision)
-    try:
+    with dtype_policy(config.precision):
         keras.utils.set_random_seed(seed)
         strategy = make_strategy(config.strategy)
         with strategy.scope():
             model = build_model(config)
         return _fit(model, strategy, config, run_dir, seed, callbacks, from_snapshot)
+
+
+@contextlib.contextmanager
+def dtype_policy(precision):
+    """The global Keras dtype policy set to ``precision`` for the block, and
+    the previous one restored afterwards (also on errors)."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        yield
     finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def _fit(model, strategy, config, run_dir, seed, callbacks, from_snapshot=False):
@@ -969,12 +983,18 @@ def use_logical_cpus(count):
         )
 
 
+def config_from_args(args, leave_out=()):
+    """The TrainConfig of a recipe's parsed ``args`` (every field it has, but
+    those named in ``leave_out``)."""
+    fields = {field.name for field in dataclasses.fields(TrainConfig)} - set(leave_out)
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+
+
 def run_recipe(args, model_overrides=None):
     """Train the TrainConfig that parsed ``args`` give; print the test metrics
     (with --validation: the selected epoch's validation metrics)."""
     use_logical_cpus(args.logical_cpus)
-    fields = {field.name for field in dataclasses.fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    config = config_from_args(args)
     if model_overrides:
         config.model_overrides = {**config.model_overrides, **model_overrides}
     metrics = train(config)

@@ -38,16 +38,12 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    import dataclasses
-
     from caps_zoo import routing_grid
-    from caps_zoo.training import use_logical_cpus
+    from caps_zoo.training import config_from_args, use_logical_cpus
 
     use_logical_cpus(args.logical_cpus)
-
-    fields = {field.name for field in dataclasses.fields(TrainConfig)}
     # --test-limit: the cells' one test evaluation (training never sees the test split).
-    base = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and k != "test_limit"})
+    base = config_from_args(args, leave_out=("test_limit",))
     results = routing_grid.run_grid(base, args.output_dir, args.iterations, test_limit=args.test_limit)
     out = Path(args.output_dir)
     (out / "results.md").write_text(routing_grid.markdown_table(results) + "\n")

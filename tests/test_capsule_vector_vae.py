@@ -180,15 +180,13 @@ def test_recipe_refuses_discriminator_start_for_an_autoencoder(tmp_path):
 
 
 def test_recipe_trains_with_tamings_adam_betas():
-    import dataclasses
     import runpy
 
     from caps_zoo import training
 
     recipe = runpy.run_path(str(RECIPE))  # its functions, without running main
     args = recipe["parse_args"](["--model", "cv_vae"])
-    fields = {field.name for field in dataclasses.fields(training.TrainConfig)}
-    config = training.TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    config = training.config_from_args(args)
     assert (config.adam_beta_1, config.adam_beta_2) == (0.5, 0.9)
     optimizer = training.build_model(config).optimizer
     assert (float(optimizer.beta_1), float(optimizer.beta_2)) == (0.5, 0.9)
