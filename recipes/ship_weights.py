@@ -34,6 +34,16 @@ models with codes sample from a prior fitted after training: shipping
 fits it first (``--prior-epochs``, on the images the run trained on) and
 ships it inside the weights; the metadata's ``prior`` records its epochs
 and its per-epoch NLL on both splits.
+
+A run that started from another run's weights with a schedule of its own
+(``--init-weights`` at epoch 0: a second phase, say a learning-rate
+annealing) ships with ``--continued-from <earlier run folder>``: the folder
+whose weights it started from (a run directory or a committed
+``training_snapshots/`` folder, with its ``config.json``, ``log.csv`` and
+``progress.json``). Epochs and wall time then count both phases, the shipped
+``log.csv`` holds both (``phase`` column, epochs numbered on), and
+``phases`` in the metadata says what each phase ran. Without it, such a run
+would ship as if its first epoch were the model's first.
 """
 
 import argparse
@@ -206,6 +216,58 @@ def check_select(parser, requested, rule, config):
     parser.error(f"refusing --select {requested}: {reason}; it ships its last epoch (--select last).")
 
 
+PHASE_SETTINGS = ("epochs", "learning_rate", "learning_rate_schedule", "learning_rate_decay",
+                  "warmup_epochs", "init_weights", "initial_epoch", "precision", "batch_size")
+
+
+def phase_record(folder, config, epochs, wall_hours):
+    """What one training phase ran: its settings, epochs done and wall time."""
+    return {"run": str(folder), "epochs_completed": epochs, "wall_hours": wall_hours,
+            **{name: config.get(name) for name in PHASE_SETTINGS}}
+
+
+def read_earlier_phase(parser, folder, run_dir, config):
+    """The run this one continued (``--continued-from``): its log rows, its
+    epoch count and its phase record. Refuses a folder that is not the one
+    whose weights this run started from."""
+    missing = [name for name in ("config.json", "log.csv", "progress.json") if not (folder / name).is_file()]
+    if missing:
+        parser.error(f"--continued-from {folder}: no {', '.join(missing)} there (the earlier run's "
+                     "own files are needed to count its epochs and time).")
+    earlier = json.loads((folder / "config.json").read_text())
+    if earlier["model"] != config["model"]:
+        parser.error(f"--continued-from {folder} trained '{earlier['model']}', this run '{config['model']}'.")
+    started_from = config.get("init_weights")
+    if not started_from or Path(started_from).resolve().parent != folder.resolve():
+        parser.error(f"--continued-from {folder}: this run did not start from weights in that folder "
+                     f"(its init_weights: {started_from!r}).")
+    if config.get("initial_epoch"):
+        parser.error(f"--continued-from: this run resumed at epoch {config['initial_epoch']} of the same "
+                     "schedule, so its log already counts the earlier epochs; ship it without the option.")
+    progress = json.loads((folder / "progress.json").read_text())
+    rows = list(csv.DictReader(io.StringIO((folder / "log.csv").read_text())))
+    epochs = int(progress["epochs_completed"])
+    if rows and int(rows[-1]["epoch"]) + 1 != epochs:
+        parser.error(f"--continued-from {folder}: its log ends at epoch {int(rows[-1]['epoch']) + 1}, its "
+                     f"progress.json says {epochs} epochs: which one did this run start from?")
+    wall_hours = round(progress["train_seconds"] / 3600, 2)
+    return {"log": rows, "epochs": epochs, "phase": phase_record(folder, earlier, epochs, wall_hours)}
+
+
+def joined_log(earlier_rows, rows, offset):
+    """Both phases' log rows, epochs numbered on, with a ``phase`` column
+    (1, 2); a column only one phase logged is left empty in the other."""
+    columns = ["phase"] + list(dict.fromkeys([*(earlier_rows[0] if earlier_rows else {}), *rows[0]]))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, restval="", lineterminator="\n")
+    writer.writeheader()
+    for row in earlier_rows:
+        writer.writerow({**row, "phase": 1})
+    for row in rows:
+        writer.writerow({**row, "phase": 2, "epoch": int(row["epoch"]) + offset})
+    return out.getvalue()
+
+
 def _wait(started, what):
     if time.time() - started > READ_TIMEOUT_SECONDS:
         raise RuntimeError(f"{what} after {READ_TIMEOUT_SECONDS} s: is the run directory complete?")
@@ -279,6 +341,9 @@ def main(argv=None):
                                          "or in training with the epochs done")
     parser.add_argument("--select", help="how the shipped epoch was chosen: 'validation' or 'last'; "
                                          "default and only choice: the run's own rule (see above)")
+    parser.add_argument("--continued-from",
+                        help="the earlier run (folder with config.json, log.csv, progress.json) "
+                             "whose weights this run started from with --init-weights at epoch 0")
     parser.add_argument("--replace", action="store_true",
                         help="replace the weights already shipped under --tag (refused without it)")
     args = parser.parse_args(argv)
@@ -317,6 +382,16 @@ def main(argv=None):
         if not progress_path.is_file():
             parser.error(f"{progress_path} does not exist: pass --wall-hours")
         wall_hours = round(json.loads(progress_path.read_text())["train_seconds"] / 3600, 2)
+    phases = []
+    if args.continued_from:
+        earlier = read_earlier_phase(parser, Path(args.continued_from), run_dir, config)
+        phases = [earlier["phase"], phase_record(run_dir, config, epochs_completed, wall_hours)]
+        log_text = joined_log(earlier["log"], log, earlier["epochs"])
+        log = list(csv.DictReader(io.StringIO(log_text)))
+        epochs_completed += earlier["epochs"]
+        wall_hours = round(wall_hours + earlier["phase"]["wall_hours"], 2)
+        if best:
+            best = {**best, "epoch": best["epoch"] + earlier["epochs"]}
 
     # The run's architecture overrides travel in the metadata; load() applies them.
     overrides = dict(config.get("model_overrides") or {})
@@ -335,7 +410,7 @@ def main(argv=None):
         with tempfile.TemporaryDirectory(dir=weights_path.parent, prefix=STAGING_PREFIX) as staging:
             staging = Path(staging)
             run = RunToShip(run_dir, config, overrides, rule, best, finished, log, log_text,
-                            model_weights, weights_name, epochs_completed, wall_hours)
+                            model_weights, weights_name, epochs_completed, wall_hours, phases)
             shipped = stage_and_measure(args, run, staging, weights_path.name)
             metadata = json.loads((staging / metadata_path.name).read_text())
             # Weights first, metadata last: the metadata names the weights'
@@ -364,13 +439,16 @@ class RunToShip:
     weights_name: str
     epochs_completed: int
     wall_hours: float
+    phases: list  # with --continued-from: what each phase ran (else empty)
 
 
 def stage_and_measure(args, run, staging, shipped_weights_name):
     """Write the float16 weights, their measurements, figures and log into
     ``staging``; returns the file names to move into saved_models/<model>/."""
     (run_dir, config, overrides, rule, best, finished, log, log_text, model_weights, weights_name,
-     epochs_completed, wall_hours) = dataclasses.astuple(run)
+     epochs_completed, wall_hours, phases) = dataclasses.astuple(run)
+    # Epochs before this run's first (--continued-from), counted in its plan.
+    epochs_planned = config["epochs"] + (phases[0]["epochs"] if phases else 0)
     with tempfile.TemporaryDirectory() as scratch:
         copy = Path(scratch) / weights_name
         copy.write_bytes(model_weights)
@@ -474,10 +552,10 @@ def stage_and_measure(args, run, staging, shipped_weights_name):
     if finished:
         status = f"finished ({stopped_early})" if stopped_early else "finished"
     elif best:
-        status = (f"in training: after epoch {epochs_completed} of {config['epochs']}; "
+        status = (f"in training: after epoch {epochs_completed} of {epochs_planned}; "
                   f"ships epoch {best['epoch']}, the best on validation so far")
     else:
-        status = f"in training: snapshot after epoch {epochs_completed} of {config['epochs']}"
+        status = f"in training: snapshot after epoch {epochs_completed} of {epochs_planned}"
     metadata = {
         "status": args.status or status,
         "recipe_command": args.command,
@@ -488,7 +566,8 @@ def stage_and_measure(args, run, staging, shipped_weights_name):
         **selection,
         "training_images": train_count,
         "model_overrides": overrides,
-        "epochs_planned": config["epochs"],
+        "epochs_planned": epochs_planned,
+        **({"phases": phases} if phases else {}),
         "epochs_completed": epochs_completed,
         "precision": config["precision"],
         "batch_size": config["batch_size"],

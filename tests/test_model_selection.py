@@ -342,6 +342,33 @@ def test_ship_refuses_to_select_on_the_test_split(tiny_mnist, scratch_saved_mode
     assert caps_zoo.load_metadata("gran1")["selected_epoch"] == 1
 
 
+def test_ship_a_second_phase_counts_both_phases(tiny_mnist, scratch_saved_models, tmp_path, capsys):
+    """A run started from another run's weights (an annealing phase, say)
+    ships with --continued-from: epochs, time and log count both phases."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    training.train(gran_config(first, epochs=2))
+    training.train(gran_config(second, epochs=3, learning_rate=1e-4, init_weights=str(first / "final.weights.npz")),
+                   callbacks=[ScriptedMetric("val_real_accuracy", [0.5, 0.9, 0.7], second)])
+    with pytest.raises(SystemExit):  # the folder it did not start from
+        ship(second, "--continued-from", str(second))
+    assert "did not start from weights in that folder" in capsys.readouterr().err
+    assert not (scratch_saved_models / "gran1").exists()
+
+    ship(second, "--continued-from", str(first))
+    metadata = caps_zoo.load_metadata("gran1")
+    assert (metadata["epochs_completed"], metadata["epochs_planned"], metadata["selected_epoch"]) == (5, 5, 4)
+    first_phase, second_phase = metadata["phases"]
+    assert (first_phase["epochs_completed"], second_phase["epochs_completed"]) == (2, 3)
+    assert (first_phase["learning_rate"], second_phase["learning_rate"]) == (1e-3, 1e-4)
+    progress = [json.loads((run / "progress.json").read_text())["train_seconds"] for run in (first, second)]
+    assert metadata["wall_hours"] == pytest.approx(sum(progress) / 3600, abs=0.011)
+    with open(scratch_saved_models / "gran1" / "mnist.log.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["phase"], row["epoch"]) for row in rows] == [
+        ("1", "0"), ("1", "1"), ("2", "2"), ("2", "3"), ("2", "4")]
+    assert rows[3]["val_real_accuracy"] == "0.9"  # the shipped epoch's row
+
+
 # -- shipping loses nothing ------------------------------------------------------
 
 
