@@ -123,6 +123,9 @@ def describe_reconstructions(model, dataset, folder, tag, batch_size=250):
 # tests/test_overlapping_digits.py on a tiny run; no multi_mnist tag ships yet).
 PAIR_TEST_PARTNERS = 10
 PAIR_SAMPLE_IMAGES = 500
+# Other datasets than MNIST ship no sample inside the package: the first
+# test images of the dataset are the check that loading reproduces the metrics.
+SAMPLE_IMAGES = 1000
 
 
 def describe_pairs(model, config, folder, tag, scanned_images=2000):
@@ -483,6 +486,10 @@ def stage_and_measure(args, run, staging, shipped_weights_name):
                                           limit=PAIR_SAMPLE_IMAGES, **pair_options),
                                 return_dict=True, verbose=0)
         describe_pairs(model, config, staging, args.tag)
+    else:  # a dataset that ships no sample: its first test images, read where the data lives
+        sample = model.evaluate(data.load(config["dataset"], "test", batch_size=250, binarize=binarize,
+                                          limit=SAMPLE_IMAGES),
+                                return_dict=True, verbose=0)
     # The images the run trained on: without the validation split if it held one out.
     validation = bool(config.get("validation"))
     validation_size = config.get("validation_size", data.VALIDATION_SIZE)
@@ -559,6 +566,7 @@ def stage_and_measure(args, run, staging, shipped_weights_name):
     metadata = {
         "status": args.status or status,
         "recipe_command": args.command,
+        "dataset": config["dataset"],
         "data": f"{config['dataset']}: {train_count:,} training images"
                 + (f" ({'; '.join(augmentation)})" if augmentation else "")
                 + validation_split
@@ -592,6 +600,9 @@ def stage_and_measure(args, run, staging, shipped_weights_name):
             "at_least_one_accuracy_note": "at least one of the two labels among the two longest "
                                           "capsules: weaker, not comparable with the papers' figures"}
            if pairs else {}),
+        **({"sample": f"the first {SAMPLE_IMAGES:,} {config['dataset']} test images (caps_zoo.data.load"
+                      f"(\"{config['dataset']}\", \"test\", limit={SAMPLE_IMAGES}))"}
+           if sample and config["dataset"] != "mnist" and not pairs else {}),
         **best_in_log,
         **reconstruction,
         **prior,
