@@ -21,7 +21,11 @@ Models are used through two small protocols, so any of the zoo's generators
 
 Both are called in chunks (``batch_size``) to bound memory; per-chunk seeds
 are derived from ``seed``, so a seed gives the same samples on every call
-(for the same ``batch_size``).
+(for the same ``batch_size``). The calls that can take minutes (10,000
+samples: ``sample_frechet_distance`` ~3 min on 2 CPU cores, ``gam_battle``,
+``sample_error_rate``) show Keras progress bars, one per stage, titled;
+``verbose=0`` silences them (Keras' convention: 1 a live bar, 2 one line
+per stage).
 
 The Generative Adversarial Metric (GAM) of Im et al. (2016), "Generating
 images with recurrent adversarial networks", Sec. 4: two GANs M1 = (G1, D1)
@@ -45,6 +49,7 @@ with these. Results name the classifier, its weights and the feature.
 import dataclasses
 import math
 
+import keras
 import numpy as np
 
 from caps_zoo import checks
@@ -56,6 +61,14 @@ DEFAULT_BATCH_SIZE = 500
 # -- checks and the two protocols ------------------------------------------------
 
 
+def _progress(total, verbose, title, unit):
+    """A Keras progress bar of ``total`` ``unit``s under a title line (both
+    silent with ``verbose=0``)."""
+    if verbose:
+        print(title, flush=True)
+    return keras.utils.Progbar(total, verbose=verbose, unit_name=unit)
+
+
 def _chunk_seeds(seed, chunks):
     """One seed per chunk, derived from ``seed`` (None stays None: fresh draws)."""
     if seed is None:
@@ -65,16 +78,18 @@ def _chunk_seeds(seed, chunks):
     return [int(state.generate_state(1)[0] >> 1) for state in states]
 
 
-def draw_samples(model, n, seed=0, batch_size=DEFAULT_BATCH_SIZE):
+def draw_samples(model, n, seed=0, batch_size=DEFAULT_BATCH_SIZE, verbose=0):
     """``n`` images from ``model.sample``, in chunks of ``batch_size``.
 
     Each chunk gets its own seed derived from ``seed``, so the result is
     repeatable for a given ``seed`` and ``batch_size`` (``seed=None``: new
     samples every call). Returns float32 ``(n, height, width, channels)``.
+    ``verbose``: a progress bar (0, the default here: none).
     """
     n = checks.check_count("n", n)
     batch_size = checks.check_count("batch_size", batch_size)
     sizes = [min(batch_size, n - start) for start in range(0, n, batch_size)]
+    bar = _progress(n, verbose, f"{_name(model)}: drawing {n:,} samples", "sample")
     chunks = []
     for size, chunk_seed in zip(sizes, _chunk_seeds(seed, len(sizes))):
         drawn = model.sample(size, seed=chunk_seed)
@@ -90,6 +105,7 @@ def draw_samples(model, n, seed=0, batch_size=DEFAULT_BATCH_SIZE):
                 f"{_name(model)}.sample({size}) returned {len(images)} images; expected {size}."
             )
         chunks.append(images.astype(np.float32, copy=False))
+        bar.add(size)
     return np.concatenate(chunks)
 
 
@@ -97,10 +113,11 @@ def _name(model):
     return getattr(model, "name", type(model).__name__)
 
 
-def real_probabilities(model, images, batch_size=DEFAULT_BATCH_SIZE):
+def real_probabilities(model, images, batch_size=DEFAULT_BATCH_SIZE, verbose=0, what="images"):
     """``model.discriminate(images)`` in chunks: float64 ``(n,)`` in [0, 1]."""
     images = checks.check_image_array(images)
     batch_size = checks.check_count("batch_size", batch_size)
+    bar = _progress(len(images), verbose, f"{_name(model)}: judging {len(images):,} {what}", "image")
     parts = []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
@@ -111,6 +128,7 @@ def real_probabilities(model, images, batch_size=DEFAULT_BATCH_SIZE):
                 f"({len(chunk)},); got shape {probabilities.shape}."
             )
         parts.append(probabilities.reshape(-1))
+        bar.add(len(chunk))
     probabilities = np.concatenate(parts)
     if not np.all((probabilities >= 0) & (probabilities <= 1)):
         raise ValueError(
@@ -121,7 +139,7 @@ def real_probabilities(model, images, batch_size=DEFAULT_BATCH_SIZE):
     return probabilities
 
 
-def discriminator_error(model, images, real, batch_size=DEFAULT_BATCH_SIZE):
+def discriminator_error(model, images, real, batch_size=DEFAULT_BATCH_SIZE, verbose=0, what="images"):
     """The classification error rate of ``model.discriminate`` on ``images``.
 
     ``real=True``: the images are real, so the error is the fraction judged
@@ -130,7 +148,7 @@ def discriminator_error(model, images, real, batch_size=DEFAULT_BATCH_SIZE):
     """
     if not isinstance(real, (bool, np.bool_)):
         raise TypeError(f"real must be True (real images) or False (generated); got {real!r}.")
-    probabilities = real_probabilities(model, images, batch_size)
+    probabilities = real_probabilities(model, images, batch_size, verbose, what)
     wrong = probabilities < 0.5 if real else probabilities >= 0.5
     return float(np.mean(wrong))
 
@@ -196,6 +214,7 @@ def gam_battle(
     test_ratio_tolerance=DEFAULT_TOLERANCE,
     batch_size=DEFAULT_BATCH_SIZE,
     names=None,
+    verbose=1,
 ):
     """Battle two GANs by the Generative Adversarial Metric (Im et al. 2016).
 
@@ -212,7 +231,8 @@ def gam_battle(
     for x / 0 (see ``error_ratio``).
 
     ``names``: the two names the result uses (default: the models' ``name``);
-    they must differ, or the winner would be ambiguous.
+    they must differ, or the winner would be ambiguous. ``verbose``: progress
+    bars (0: none).
     """
     names = (_name(m1), _name(m2)) if names is None else tuple(map(str, names))
     if len(names) != 2 or names[0] == names[1]:
@@ -226,15 +246,18 @@ def gam_battle(
     x_test = checks.check_image_array(x_test, "x_test")
 
     samples = {
-        "G1(z)": draw_samples(m1, n_samples, seed, batch_size),
-        "G2(z)": draw_samples(m2, n_samples, seed, batch_size),
+        "G1(z)": draw_samples(m1, n_samples, seed, batch_size, verbose),
+        "G2(z)": draw_samples(m2, n_samples, seed, batch_size, verbose),
     }
     errors = {}
     for label, model in (("D1", m1), ("D2", m2)):
-        errors[f"{label}(x_train)"] = discriminator_error(model, x_train, True, batch_size)
-        errors[f"{label}(x_test)"] = discriminator_error(model, x_test, True, batch_size)
+        errors[f"{label}(x_train)"] = discriminator_error(model, x_train, True, batch_size, verbose,
+                                                          "training images")
+        errors[f"{label}(x_test)"] = discriminator_error(model, x_test, True, batch_size, verbose,
+                                                         "test images")
         for source, images in samples.items():
-            errors[f"{label}({source})"] = discriminator_error(model, images, False, batch_size)
+            errors[f"{label}({source})"] = discriminator_error(model, images, False, batch_size, verbose,
+                                                               f"samples {source}")
 
     r_test = error_ratio(errors["D1(x_test)"], errors["D2(x_test)"])
     r_sample = error_ratio(errors["D1(G2(z))"], errors["D2(G1(z))"])
@@ -252,12 +275,14 @@ def gam_battle(
     )
 
 
-def sample_error_rate(gan, generator, n_samples=10000, seed=0, batch_size=DEFAULT_BATCH_SIZE):
+def sample_error_rate(gan, generator, n_samples=10000, seed=0, batch_size=DEFAULT_BATCH_SIZE, verbose=1):
     """The error rate of ``gan``'s discriminator on ``generator``'s samples:
     the fraction of them it judges real (Im et al.'s Table 3, e.g. GRAN's D
-    on DRAW's samples; lower means the samples are easier to tell apart)."""
-    samples = draw_samples(generator, n_samples, seed, batch_size)
-    return discriminator_error(gan, samples, real=False, batch_size=batch_size)
+    on DRAW's samples; lower means the samples are easier to tell apart).
+    ``verbose``: progress bars (0: none)."""
+    samples = draw_samples(generator, n_samples, seed, batch_size, verbose)
+    return discriminator_error(gan, samples, real=False, batch_size=batch_size, verbose=verbose,
+                               what=f"samples of {_name(generator)}")
 
 
 def _format_ratio(value):
@@ -361,11 +386,13 @@ def frechet_distance(features_a, features_b):
     return float(max(distance, 0.0))  # >= 0 in exact arithmetic
 
 
-def _poses(classifier, images, batch_size):
+def _poses(classifier, images, batch_size, verbose=0, what="images"):
     """``classifier.predict(images)["poses"]``: float32 ``(n, classes, dims)``."""
     images = checks.check_image_array(images)
     batch_size = checks.check_count("batch_size", batch_size)
-    outputs = classifier.predict(images, batch_size=batch_size, verbose=0)
+    if verbose:
+        print(f"{_name(classifier)}: features of {len(images):,} {what}", flush=True)
+    outputs = classifier.predict(images, batch_size=batch_size, verbose=verbose)
     if not isinstance(outputs, dict) or "poses" not in outputs:
         raise TypeError(
             f"{_name(classifier)}.predict() must return a dict with 'poses' (a capsule "
@@ -380,17 +407,17 @@ def _poses(classifier, images, batch_size):
     return poses
 
 
-def classifier_features(classifier, images, batch_size=DEFAULT_BATCH_SIZE):
+def classifier_features(classifier, images, batch_size=DEFAULT_BATCH_SIZE, verbose=0):
     """A capsule classifier's class-capsule poses, flattened: float32
     ``(n, num_classes * capsule_dim)`` ((n, 160) for ``capsnet``), from
     ``classifier.predict(images)["poses"]``."""
-    poses = _poses(classifier, images, batch_size)
+    poses = _poses(classifier, images, batch_size, verbose)
     return poses.reshape(len(poses), -1)
 
 
 def frechet_classifier_distance(
     real_images, generated_images, classifier="capsnet", weights="mnist",
-    batch_size=DEFAULT_BATCH_SIZE,
+    batch_size=DEFAULT_BATCH_SIZE, verbose=1,
 ):
     """The Frechet distance between real and generated images, on the
     flattened class-capsule poses of a capsule classifier (not Inception:
@@ -400,7 +427,7 @@ def frechet_classifier_distance(
     tag or a path; the registry says which tags exist), or a loaded model
     (then ``weights`` is ignored). Returns ``{"frechet_distance",
     "feature_classifier" (what was measured with), "n_real",
-    "n_generated"}``.
+    "n_generated"}``. ``verbose``: progress bars (0: none).
     """
     real_images = checks.check_image_array(real_images, "real_images")
     generated_images = checks.check_image_array(generated_images, "generated_images")
@@ -412,8 +439,8 @@ def frechet_classifier_distance(
     else:
         model = classifier
         source = f"{_name(model)} (a model object as given)"
-    real = _poses(model, real_images, batch_size)
-    generated = _poses(model, generated_images, batch_size)
+    real = _poses(model, real_images, batch_size, verbose, "real images")
+    generated = _poses(model, generated_images, batch_size, verbose, "generated images")
     classes, dims = real.shape[1:]
     distance = frechet_distance(real.reshape(len(real), -1), generated.reshape(len(generated), -1))
     return {
@@ -428,30 +455,31 @@ def frechet_classifier_distance(
 
 def sample_frechet_distance(
     generator, dataset="mnist", n_samples=10000, seed=0, classifier="capsnet", weights=None,
-    batch_size=DEFAULT_BATCH_SIZE,
+    batch_size=DEFAULT_BATCH_SIZE, verbose=1,
 ):
     """``frechet_classifier_distance`` of ``n_samples`` of ``generator`` against
     the whole test split of ``dataset`` (grey levels in [0, 1]), on the
     features of ``classifier`` pretrained on that dataset (``weights``,
     default the tag named like the dataset): one number for the zoo's GANs
     and VAEs alike (DRAW's and DCRW's samples are their Bernoulli means).
-    Adds ``dataset`` and ``seed`` to the result.
+    Adds ``dataset`` and ``seed`` to the result. ``verbose``: progress bars
+    (0: none).
     """
     from caps_zoo import data
 
     real_images = data.load_images(dataset, "test")
-    generated = draw_samples(generator, n_samples, seed=seed, batch_size=batch_size)
+    generated = draw_samples(generator, n_samples, seed=seed, batch_size=batch_size, verbose=verbose)
     result = frechet_classifier_distance(real_images, generated, classifier, weights=weights or dataset,
-                                         batch_size=batch_size)
+                                         batch_size=batch_size, verbose=verbose)
     return {**result, "dataset": f"{dataset} test split", "seed": seed}
 
 
-def sample_frechet_report(generator, dataset="mnist", n_samples=10000, seed=0):
+def sample_frechet_report(generator, dataset="mnist", n_samples=10000, seed=0, verbose=1):
     """``sample_frechet_distance``, or ``{"frechet_distance": None, "skipped":
     reason}`` where no classifier pretrained on ``dataset`` ships (what run
     records and shipped metadata store)."""
     try:
-        return sample_frechet_distance(generator, dataset, n_samples, seed=seed)
+        return sample_frechet_distance(generator, dataset, n_samples, seed=seed, verbose=verbose)
     except ValueError as error:  # the registry: no such pretrained tag
         return {"frechet_distance": None, "skipped": str(error)}
 

@@ -72,7 +72,8 @@ def add_frechet_distance(run_dir, n_samples):
     config = json.loads((run_dir / "config.json").read_text())
     model = caps_zoo.load(config["model"], weights=str(run_dir / "final.weights.npz"),
                           **config["model_overrides"])
-    frechet = metrics.sample_frechet_report(model, config["dataset"], n_samples)
+    frechet = metrics.sample_frechet_report(model, config["dataset"], n_samples,
+                                            verbose=config.get("verbose", 1))
     results = json.loads((run_dir / METRICS).read_text())
     results["frechet"] = frechet
     write_json_atomically(run_dir / METRICS, results)

@@ -514,3 +514,33 @@ def test_battle_recipe_weights_per_model(battle_recipe, tiny_mnist, monkeypatch,
         with pytest.raises(SystemExit):
             battle_recipe.main(argv)
     assert "one value or one per GAN" in capsys.readouterr().err
+
+
+def test_long_calls_show_progress_and_verbose_0_silences_them(capsys):
+    """Each stage of a battle and of a sample error rate gets a titled Keras
+    progress bar; with verbose=0 nothing is printed (issue 15)."""
+    strong, weak = FakeGAN("strong", 0.5), FakeGAN("weak", 0.9)
+    battle(strong, weak)  # verbose=1, the default
+    shown = capsys.readouterr().out
+    for title in ("strong: drawing 400 samples", "weak: drawing 400 samples",
+                  "strong: judging 50 training images", "weak: judging 400 samples G1(z)"):
+        assert title in shown, shown
+    assert "400/400" in shown  # the bar reached its end
+    metrics.sample_error_rate(strong, weak, n_samples=N_SAMPLES, batch_size=100)
+    assert "strong: judging 400 samples of weak" in capsys.readouterr().out
+
+    battle(strong, weak, verbose=0)
+    metrics.sample_error_rate(strong, weak, n_samples=N_SAMPLES, batch_size=100, verbose=0)
+    assert capsys.readouterr().out == ""
+
+
+def test_frechet_distance_shows_feature_progress_unless_verbose_0(capsys):
+    import caps_zoo
+
+    classifier = caps_zoo.load("capsnet")
+    real, generated = constant_images([0.2, 0.8] * 4), constant_images([0.5, 0.4] * 4)
+    metrics.frechet_classifier_distance(real, generated, classifier)
+    shown = capsys.readouterr().out
+    assert "features of 8 real images" in shown and "features of 8 generated images" in shown
+    metrics.frechet_classifier_distance(real, generated, classifier, verbose=0)
+    assert capsys.readouterr().out == ""
