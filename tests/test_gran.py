@@ -258,7 +258,7 @@ def test_gran_recipe_trains_measures_and_ships(tiny_mnist, scratch_saved_models,
     assert config["adam_beta_1"] == 0.5 and config["shift_pixels"] == 0
     assert (run_dir / "samples" / "epoch_001.png").stat().st_size > 5000
     results = json.loads((run_dir / "metrics.json").read_text())
-    assert set(results["test"]) == {"discriminator_loss", "generator_loss", "real_accuracy", "fake_accuracy"}
+    assert set(results["test"]) == {"loss", "discriminator_loss", "generator_loss", "real_accuracy", "fake_accuracy"}
     assert results["frechet"]["n_generated"] == 300 and results["frechet"]["frechet_distance"] > 0
     assert "capsnet" in results["frechet"]["feature_classifier"]
     assert '"frechet_distance"' in capsys.readouterr().out

@@ -272,6 +272,39 @@ def test_metrics_are_the_declared_terms_and_loss_is_their_sum(name_and_batch):
         weights = model.loss_term_weights()
         expected = sum(results[t] * weights.get(t, 1.0) for t in model.loss_terms)
         assert results["loss"] == pytest.approx(expected, rel=1e-5)
+    else:  # a GAN: what its two steps minimise
+        terms = (*model.DISCRIMINATOR_TERMS, *model.generator_terms)
+        assert results["loss"] == pytest.approx(sum(results[t] for t in terms), rel=1e-5, abs=1e-6)
+
+
+# One model per train step and family runs in the default run; the others
+# (the same train step) with -m slow.
+CALLBACK_CASES = ("capsnet", "draw", "gran1", "cvgan", "cv_vae", "rcn")
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=[pytest.mark.xdist_group(f"family-{name}"),
+                              *([] if name in CALLBACK_CASES else [pytest.mark.slow])])
+    for name in sorted(CASES)])
+def test_keras_callbacks_with_their_default_monitor_act(name, mnist_batch, tmp_path):
+    """EarlyStopping and ModelCheckpoint(save_best_only=True) watch val_loss
+    by default: every family logs it (GANs too), so they act instead of
+    warning every epoch that the metric is not available."""
+    import warnings
+
+    model = make(name)
+    batch = batch_for(name, mnist_batch, 16)
+    x, y = batch if isinstance(batch, tuple) else (batch, None)
+    best = tmp_path / "best.weights.h5"
+    callbacks = [keras.callbacks.EarlyStopping(patience=0),
+                 keras.callbacks.ModelCheckpoint(best, save_best_only=True, save_weights_only=True)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        history = model.fit(x, y, batch_size=16, epochs=2, validation_data=(x, y) if y is not None else (x,),
+                            callbacks=callbacks, verbose=0)
+    unavailable = [str(w.message) for w in caught if "available" in str(w.message)]
+    assert not unavailable, unavailable
+    assert "val_loss" in history.history and best.is_file()
 
 
 def test_sample_weights_are_refused(name_and_batch):

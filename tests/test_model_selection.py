@@ -230,7 +230,7 @@ def test_gran_recipe_with_validation_selects_nothing_and_leaves_the_test_split_a
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert "frechet" not in metrics and metrics["test"] == "not evaluated; run ship_weights"
     assert set(metrics["validation"]) == {
-        "discriminator_loss", "generator_loss", "real_accuracy", "fake_accuracy"}
+        "loss", "discriminator_loss", "generator_loss", "real_accuracy", "fake_accuracy"}
     assert not (run_dir / "best.json").exists()
     ship(run_dir)
     metadata = caps_zoo.load_metadata("gran1")

@@ -97,6 +97,10 @@ class ZooModel(keras.Model):
     # The values its images must hold (caps_zoo.checks): intensities, or
     # binarized images for the Bernoulli likelihoods (writers, RCN).
     IMAGE_VALUES = checks.UNIT
+    # The registry name and overrides caps_zoo.create_model built it from
+    # (registry.BuildRecord), which caps_zoo.export.save_preset writes; None
+    # for a model made from its class or from a .keras file.
+    build_record = None
 
     def named_optimizers(self):
         """``{compile argument: optimizer}`` of the compiled model."""
@@ -312,6 +316,14 @@ class AdversarialModel(ZooModel):
 
     ``compile(optimizer=..., discriminator_optimizer=...)``; both survive a
     ``.keras`` round trip.
+
+    Logs a mean per term and diagnostic, and ``loss``: the sum of what the
+    two steps minimise (the discriminator's terms plus the generator's). It
+    does not rank generators (the two losses trade against each other); it
+    is there so that Keras' callbacks with their default monitor
+    (``EarlyStopping``, ``ModelCheckpoint(save_best_only=True)``,
+    ``ReduceLROnPlateau``: ``val_loss``) find the metric they watch instead
+    of warning every epoch and never acting.
     """
 
     DISCRIMINATOR_TERMS = ()
@@ -328,7 +340,7 @@ class AdversarialModel(ZooModel):
             raise ValueError(f"{type(self).__name__} must name the loss terms of both steps.")
         self.discriminator_optimizer = None
         self.step_means = TermMeans(
-            (*self.DISCRIMINATOR_TERMS, *self.generator_terms,
+            (TOTAL_LOSS, *self.DISCRIMINATOR_TERMS, *self.generator_terms,
              *self.DISCRIMINATOR_DIAGNOSTICS, *self.GENERATOR_DIAGNOSTICS)
         )
 
@@ -408,12 +420,15 @@ class AdversarialModel(ZooModel):
             self.optimizer, self.generator_variables(),
             lambda: self.generator_loss_terms(x, training=True),
         )
-        self.step_means.update({**d_terms, **g_terms, **d_diagnostics, **g_diagnostics})
-        return self._result()
+        return self._track(d_terms, g_terms, d_diagnostics, g_diagnostics)
 
     def test_step(self, data):
         x, _ = self.unpack_batch(data)
         d_terms, d_diagnostics = self.discriminator_loss_terms(x, training=False)
         g_terms, g_diagnostics = self.generator_loss_terms(x, training=False)
-        self.step_means.update({**d_terms, **g_terms, **d_diagnostics, **g_diagnostics})
+        return self._track(d_terms, g_terms, d_diagnostics, g_diagnostics)
+
+    def _track(self, d_terms, g_terms, d_diagnostics, g_diagnostics):
+        total = sum_terms(d_terms) + sum_terms(g_terms)
+        self.step_means.update({TOTAL_LOSS: total, **d_terms, **g_terms, **d_diagnostics, **g_diagnostics})
         return self._result()
