@@ -507,3 +507,26 @@ def test_sampling_counts_below_one_are_refused(name):
     for n, steps in [(0, None), (-1, None), (2.5, None), (2, 0), (2, -1)]:
         with pytest.raises(ValueError, match="must be an integer >= 1"):
             model.sample(n, steps=steps)
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=[pytest.mark.xdist_group(f"family-{name}"),
+                              *([] if name in CALLBACK_CASES else [pytest.mark.slow])])
+    for name in sorted(CASES)])
+def test_an_untrained_compiled_model_saves_and_loads_without_optimizer_warnings(name, tmp_path):
+    """A .keras file of a compiled, never trained model loads silently: the
+    zoo builds the optimizers' slots at compile time, so the saved and the
+    loaded optimizers have the same variables (a plain Keras model warns
+    "Skipping variable loading for optimizer" here)."""
+    import warnings
+
+    model = make(name)
+    model.compile(**{key: keras.optimizers.Adam(1e-3) for key in model.named_optimizers()})
+    model.save(tmp_path / "untrained.keras")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        restored = keras.saving.load_model(tmp_path / "untrained.keras")
+    skipped = [str(w.message) for w in caught if "Skipping variable loading" in str(w.message)]
+    assert not skipped, skipped
+    for key, optimizer in restored.named_optimizers().items():
+        assert len(optimizer.variables) == len(model.named_optimizers()[key].variables) > 1, key
