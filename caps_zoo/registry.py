@@ -7,21 +7,30 @@
     caps_zoo.create_model("capsnet", routing_iterations=(1,))   # random init
     caps_zoo.load("deep_capsnet")                                # pretrained
 
+    caps_zoo.load("path/to/preset")                              # caps_zoo.export.save_preset
+
 Pretrained weights live in ``saved_models/<model>/<tag>.weights.npz`` beside
 ``<tag>.json`` (the recipe command, data, epochs, wall time and measured
 metrics). The folder is the repository's top-level ``saved_models`` (an
-editable install or a checkout) or the one ``CAPS_ZOO_SAVED_MODELS`` names.
+editable install or a checkout) or the one ``CAPS_ZOO_SAVED_MODELS`` names;
+outside a checkout they come from the Keras cache or a download origin
+(``caps_zoo.pretrained_files``).
 """
 
 import dataclasses
 import difflib
 import fnmatch
-import hashlib
 import json
 import os
 from pathlib import Path
 
+from caps_zoo import pretrained_files
 from caps_zoo import weights as weights_io
+# Where the checkout's pretrained files are (kept here too: tests and recipes use it).
+from caps_zoo.pretrained_files import saved_models_dir
+
+# The pretrained tag load() takes when none is given.
+DEFAULT_WEIGHTS = "mnist"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,60 +81,94 @@ def get_spec(name):
     return _REGISTRY[name]
 
 
+@dataclasses.dataclass(frozen=True)
+class BuildRecord:
+    """What ``create_model`` built a model from: its registry name and the
+    overrides it was given, so that ``caps_zoo.export.save_preset`` can
+    write how to build it again (a renamed model, or one whose builder takes
+    other arguments than its class, cannot be told from its config)."""
+
+    name: str
+    overrides: dict
+
+
 def create_model(name, /, **overrides):
     """A freshly initialised, built model (``overrides`` may include ``name``)."""
-    return get_spec(name).builder(**overrides)
+    model = get_spec(name).builder(**overrides)
+    model.build_record = BuildRecord(name, dict(overrides))
+    return model
 
 
-def saved_models_dir():
-    env = os.environ.get("CAPS_ZOO_SAVED_MODELS")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parent.parent / "saved_models"
-
-
-def pretrained_paths(name, tag):
-    """``(weights_path, metadata_path)`` of a shipped pretrained model."""
-    spec = get_spec(name)
+def _check_tag(spec, tag):
     if tag not in spec.pretrained:
         available = ", ".join(repr(t) for t in spec.pretrained) or "none"
         raise ValueError(
-            f"Model '{name}' has no pretrained weights '{tag}' (available: {available}). "
+            f"Model '{spec.name}' has no pretrained weights '{tag}' (available: {available}). "
             "Pass weights=None for a random init or a path to a weights file."
         )
+
+
+def pretrained_paths(name, tag):
+    """``(weights_path, metadata_path)`` of a pretrained model in the
+    checkout's ``saved_models/`` (where shipping writes; they may not exist
+    outside a checkout: ``load`` also looks in the cache and downloads)."""
+    _check_tag(get_spec(name), tag)
     folder = saved_models_dir() / name
-    return folder / f"{tag}{weights_io.NPZ_SUFFIX}", folder / f"{tag}.json"
+    return (folder / f"{tag}{weights_io.NPZ_SUFFIX}",
+            folder / f"{tag}{pretrained_files.METADATA_SUFFIX}")
 
 
-def load_metadata(name, tag="mnist"):
-    """The metadata dict shipped beside the pretrained weights."""
-    _, metadata_path = pretrained_paths(name, tag)
+def load_metadata(name, tag=DEFAULT_WEIGHTS):
+    """The metadata dict shipped beside the pretrained weights (from
+    ``saved_models/``, the Keras cache or the download origin)."""
+    _check_tag(get_spec(name), tag)
+    metadata_path = pretrained_files.locate(name, f"{tag}{pretrained_files.METADATA_SUFFIX}")
     with open(metadata_path) as handle:
         return json.load(handle)
 
 
-def load(name, /, weights="mnist", **overrides):
+def _names_a_folder(name):
+    """Whether ``load``'s first argument is a preset folder rather than a
+    registry name: a path object, or a string that is no registry name and
+    has a separator or names an existing folder (a folder called like a
+    model, e.g. ./capsnet, needs the separator)."""
+    if isinstance(name, os.PathLike):
+        return True
+    return isinstance(name, str) and name not in _REGISTRY and (
+        os.sep in name or "/" in name or os.path.isdir(name))
+
+
+def load(name, /, weights=DEFAULT_WEIGHTS, **overrides):
     """Build ``name`` and load ``weights``: a pretrained tag, a path, or None.
 
     With a pretrained tag, the ``model_overrides`` recorded in its metadata
     (the configuration it was trained with) are applied first; explicit
-    ``overrides`` win.
+    ``overrides`` win. Its files come from ``saved_models/``, the Keras cache
+    or the download origin (``caps_zoo.pretrained_files``).
+
+    ``name`` may also be a preset folder (``caps_zoo.export.save_preset``):
+    the model it records, with its own weights (``weights`` left at its
+    default), or with a random init (``weights=None``).
     """
+    if _names_a_folder(name):
+        from caps_zoo import export  # here: export imports this module
+
+        if weights is not None and weights != DEFAULT_WEIGHTS:
+            raise ValueError(
+                f"'{name}' is a preset folder, which holds its own weights ({export.PRESET_WEIGHTS}); "
+                f"weights={weights!r} conflicts with them. Leave weights out, pass weights=None for "
+                "its architecture with a random init, or load another file into it with "
+                "caps_zoo.weights.load_weights(model, path)."
+            )
+        return export.load_preset(name, with_weights=weights is not None, **overrides)
     spec = get_spec(name)
     if weights is None:
         path = None
     elif isinstance(weights, str) and weights in spec.pretrained:
-        path, metadata_path = pretrained_paths(name, weights)
+        path, metadata_path = pretrained_files.locate_pretrained(name, weights)
         metadata = json.loads(metadata_path.read_text()) if metadata_path.is_file() else {}
         # The configuration the weights were trained with; explicit overrides win.
         overrides = {**metadata.get("model_overrides", {}), **overrides}
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"Pretrained weights for '{name}' ('{weights}') are not at '{path}'. "
-                "They ship in the repository's saved_models/ folder: install caps_zoo "
-                "from a checkout (pip install -e .) or set CAPS_ZOO_SAVED_MODELS to "
-                "a copy of that folder."
-            )
         if not metadata_path.is_file():
             raise weights_io.WeightsError(
                 f"'{path}' has no metadata '{metadata_path}' (the configuration it was trained with "
@@ -134,7 +177,7 @@ def load(name, /, weights="mnist", **overrides):
                 "(weights='<path>')."
             )
         expected = metadata.get("weights_sha256")
-        if expected and hashlib.sha256(path.read_bytes()).hexdigest() != expected:
+        if expected and pretrained_files.sha256_of(path) != expected:
             raise weights_io.WeightsError(
                 f"'{path}' is not the file its metadata '{metadata_path}' describes (SHA-256 "
                 "differs): the weights were replaced without their metadata, or shipping was "
@@ -147,7 +190,7 @@ def load(name, /, weights="mnist", **overrides):
     ):
         path = Path(weights)  # a missing file is reported by load_weights
     elif isinstance(weights, str):
-        pretrained_paths(name, weights)  # raises, naming the available tags
+        _check_tag(spec, weights)  # raises, naming the available tags
     else:
         raise TypeError(f"weights must be a pretrained tag, a path or None; got {weights!r}.")
     model = create_model(name, **overrides)
