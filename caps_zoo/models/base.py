@@ -371,6 +371,13 @@ class AdversarialModel(ZooModel):
         self.discriminator_optimizer = keras.optimizers.get(
             discriminator_optimizer or self.default_discriminator_optimizer()
         )
+        # Keras' compile wraps ``optimizer`` in a LossScaleOptimizer under
+        # mixed_float16 (float16 gradients underflow without loss scaling);
+        # the second optimizer needs the same, or D's small gradients vanish.
+        if (kwargs.get("auto_scale_loss", True) and self.dtype_policy.name == "mixed_float16"
+                and not isinstance(self.discriminator_optimizer, keras.optimizers.LossScaleOptimizer)):
+            self.discriminator_optimizer = keras.optimizers.LossScaleOptimizer(
+                self.discriminator_optimizer, name="discriminator_loss_scale_optimizer")
         if self.built:
             # Slots now: under a tf.distribute strategy they must be made
             # in its scope (here), not in a replica context (train_step).
