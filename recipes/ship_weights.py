@@ -64,7 +64,7 @@ import numpy as np
 import tensorflow as tf
 
 import caps_zoo
-from caps_zoo import code_map_figures, data, metrics, plots, registry
+from caps_zoo import code_map_figures, data, metrics, plots, pretrained_files, registry
 from caps_zoo import weights as weights_io
 from caps_zoo.models import CapsuleNetwork
 from caps_zoo.models.capsule_vector_vae import AdversarialAutoencoder, BottleneckAutoencoder
@@ -422,6 +422,11 @@ def main(argv=None):
             order = {weights_path.name: 0, metadata_path.name: 2}  # the rest (log, figures): 1
             for name in sorted(shipped, key=lambda n: (order.get(n, 1), n)):
                 os.replace(staging / name, weights_path.parent / name)
+        # The packaged manifest (hashes for downloads, caps_zoo.pretrained_files)
+        # describes the checkout's saved_models/; a folder named by
+        # CAPS_ZOO_SAVED_MODELS (a test's scratch folder) is not what the package ships.
+        if pretrained_files.SAVED_MODELS_ENV not in os.environ:
+            print(f"rewrote {pretrained_files.write_manifest()}")
     print(json.dumps(metadata, indent=2))
     print(f"wrote {weights_path} ({weights_path.stat().st_size / 2**20:.1f} MiB)")
 
