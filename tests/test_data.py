@@ -1,6 +1,7 @@
 import hashlib
 import re
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,10 @@ def _keras_download_fails(monkeypatch):
         raise OSError("network is unreachable")
 
     monkeypatch.setitem(data._KERAS_LOADERS, "mnist", offline)
+    # tensorflow-datasets, the last source, as if not installed: its real
+    # download would retry for minutes offline (tests/test_tfds_data.py
+    # covers it with mocked data).
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
 
 
 def test_local_npz_is_read_first(tmp_path, monkeypatch):
@@ -67,8 +72,8 @@ def test_shipped_sample_is_real_mnist_test_data():
 
 
 def test_unknown_dataset_and_split():
-    with pytest.raises(ValueError, match="Unknown dataset 'cifar10'"):
-        data.load("cifar10")
+    with pytest.raises(ValueError, match=r"Unknown dataset 'mnits'\. Did you mean 'mnist'\?"):
+        data.load("mnits")
     with pytest.raises(ValueError, match="Unknown split 'valid'; choose one of train, validation, test"):
         data.load("mnist", "valid")
     with pytest.raises(ValueError, match="only the 'test' split"):

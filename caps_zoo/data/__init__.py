@@ -1,13 +1,27 @@
 """The zoo's one data layer: ``tf.data`` pipelines of real image datasets.
 
     ds = caps_zoo.data.load("mnist", "train", batch_size=128)
+    ds = caps_zoo.data.load("cifar10", "train", batch_size=128)          # (b, 32, 32, 3)
+    ds = caps_zoo.data.load("tfds:cifar100", "test", batch_size=128)     # any tfds image dataset
+    ds = caps_zoo.data.load("tfds:celeb_a", "train", image_size=(64, 64))
 
-Where the arrays come from, in order:
+The datasets (``DATASETS``): ``mnist``, ``fashion_mnist``, ``cifar10``
+(32x32x3) and ``mnist_sample``; ``"tfds:<name>"`` reads any image dataset of
+tensorflow-datasets (an optional extra, ``pip install "caps_zoo[tfds]"``;
+see ``caps_zoo.data.tfds_source``). Where the arrays come from, in order:
 
 1. ``$CAPS_ZOO_DATA/<name>.npz`` (Keras' npz layout: ``x_train``,
    ``y_train``, ``x_test``, ``y_test``, uint8), for offline machines;
-2. Keras' own loader (its cache in ``~/.keras/datasets``, else a download);
-3. otherwise a ``DataUnavailableError`` that names both fixes.
+2. for ``mnist`` and ``fashion_mnist``: Keras' own loader (its cache in
+   ``~/.keras/datasets``, else a download);
+3. tensorflow-datasets, if installed: its data_dir, else (``download=True``,
+   the default) a download into it; for ``"tfds:<name>"`` the only source;
+4. otherwise a ``DataUnavailableError`` that says what was tried and names
+   the fixes (a ``TFDSNotInstalledError`` when tfds was needed and is missing).
+
+The order keeps the images of the npz files and of Keras' loader first:
+tfds holds MNIST in another order, so through it the validation split (the
+last 5,000 training images) is other images.
 
 ``mnist_sample`` is 1,000 real MNIST test images shipped inside the package
 (the first 1,000 of the test split), for the demo and fast tests.
@@ -25,14 +39,19 @@ Splits (``SPLITS``):
   (``VALIDATION_SIZE`` = 5,000 by default), disjoint from the held-out
   training split: where epochs are chosen and training stops early, so that
   the test split is looked at once, for the figure that ships;
-- ``"test"``: the test images.
+- ``"test"``: the test images (for a tfds dataset with no test split, such
+  as ImageNet, its validation split: see ``caps_zoo.data.tfds_source``).
 
 The validation size does not scale with the dataset: a dataset with no more
 than ``validation_size`` training images raises a ``ValueError`` that names
 both sizes (tests on tiny datasets pass a small ``validation_size``).
 ``mnist_sample`` has only the test split.
 
-Images come out float32 in [0, 1], shape ``(28, 28, 1)``; labels int32.
+Images come out float32 in [0, 1], shape ``(height, width, channels)`` as
+stored: ``(28, 28, 1)`` for MNIST, ``(32, 32, 3)`` for CIFAR-10; labels
+int32. No image is resized or cropped unless ``image_size=(height, width)``
+is given (central crop to that aspect ratio, then resize; see
+``caps_zoo.data.resizing``); tfds datasets whose images vary in size need it.
 
 Binarized MNIST (for the Bernoulli likelihood of DRAW and DCRW), with
 ``binarize=``:
@@ -49,6 +68,7 @@ Binarized MNIST (for the Bernoulli likelihood of DRAW and DCRW), with
   comparable with published bounds).
 """
 
+import difflib
 import os
 from pathlib import Path
 
@@ -62,7 +82,11 @@ _KERAS_LOADERS = {
     "mnist": lambda: __import__("keras").datasets.mnist.load_data(),
     "fashion_mnist": lambda: __import__("keras").datasets.fashion_mnist.load_data(),
 }
-DATASETS = tuple(_KERAS_LOADERS) + ("mnist_sample",)
+# The named datasets' tensorflow-datasets names: their last source (cifar10's
+# only one after a local npz).
+_TFDS_NAMES = {"mnist": "mnist", "fashion_mnist": "fashion_mnist", "cifar10": "cifar10"}
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "mnist_sample")
+TFDS_PREFIX = "tfds:"  # "tfds:<name>": any image dataset of tensorflow-datasets
 GENERATED_DATASETS = ("multi_mnist",)  # pipelines only (load, num_examples): no arrays
 SPLITS = ("train", "validation", "test")
 VALIDATION_SIZE = 5000  # the last 5,000 training images; MNIST keeps 55,000 to train on
@@ -74,14 +98,43 @@ class DataUnavailableError(RuntimeError):
     """Neither a local copy nor a download of the dataset could be had."""
 
 
+class TFDSNotInstalledError(DataUnavailableError, ImportError):
+    """A dataset needs tensorflow-datasets, which is not installed (says how
+    to install it)."""
+
+
+def is_tfds_name(name):
+    """Whether ``name`` is of the form ``"tfds:<name>"``."""
+    return isinstance(name, str) and name.startswith(TFDS_PREFIX)
+
+
+def _unknown_dataset_message(name):
+    choices = DATASETS + GENERATED_DATASETS
+    close = difflib.get_close_matches(str(name), choices, n=3, cutoff=0.6)
+    try:
+        import tensorflow_datasets as tfds
+
+        # the community index would need the network
+        if str(name) in tfds.list_builders(with_community_datasets=False):
+            close.append(TFDS_PREFIX + str(name))
+    except ImportError:
+        pass  # without tfds there is no tfds name to suggest
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return (f"Unknown dataset '{name}'.{hint} Choose one of {', '.join(choices)}, or "
+            f"'{TFDS_PREFIX}<name>' for any image dataset of tensorflow-datasets (e.g. '{TFDS_PREFIX}cifar100').")
+
+
 def _check(name, split, holdout_validation=False):
     if name in GENERATED_DATASETS:
         raise ValueError(
             f"'{name}' has no arrays: its pairs are made on the fly by caps_zoo.data.load('{name}', ...) "
             "(for the source digits use load_arrays('mnist', ...)).")
-    if name not in DATASETS:
-        raise ValueError(f"Unknown dataset '{name}'; choose one of "
-                         f"{', '.join(DATASETS + GENERATED_DATASETS)}.")
+    if is_tfds_name(name):
+        if name == TFDS_PREFIX:
+            raise ValueError(f"'{TFDS_PREFIX}' needs a tensorflow-datasets name after it, e.g. "
+                             f"'{TFDS_PREFIX}cifar100'.")
+    elif name not in DATASETS:
+        raise ValueError(_unknown_dataset_message(name))
     if split not in SPLITS:
         raise ValueError(f"Unknown split '{split}'; choose one of {', '.join(SPLITS)}.")
     if name == "mnist_sample" and split != "test":
@@ -109,31 +162,41 @@ def _validation_start(name, train_count, validation_size):
     return train_count - validation_size
 
 
+NPZ_LAYOUT = ("Keras' npz layout: x_train, y_train, x_test, y_test; uint8 images (n, 28, 28), or "
+              "(n, 32, 32, 3) for colour; labels (n,) in 0-9")
+
+
 class DataFileError(ValueError):
     """A dataset file that is not an MNIST-style npz (names its path)."""
 
 
 def _read_npz(path, split):
     """``x_<split>``, ``y_<split>`` of an npz in Keras' layout, checked: uint8
-    images ``(n, h, w)`` (float arrays were rescaled by /255 a second time),
-    integer labels ``(n,)`` in [0, 9]; every error names the file."""
-    layout = "Keras' npz layout: x_train, y_train, x_test, y_test; uint8 images (n, 28, 28), labels (n,) in 0-9"
+    images ``(n, h, w)``, or ``(n, h, w, c)`` for colour (float arrays were
+    rescaled by /255 a second time), integer labels ``(n,)`` (or Keras'
+    CIFAR ``(n, 1)``) in [0, 9]; every error names the file. Single-channel
+    images come out ``(n, h, w)``, labels ``(n,)``."""
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = [key for key in (f"x_{split}", f"y_{split}") if key not in archive.files]
             if missing:
                 raise DataFileError(f"'{path}' has no {' or '.join(missing)} (it has {sorted(archive.files)}); "
-                                    f"expected {layout}.")
+                                    f"expected {NPZ_LAYOUT}.")
             images, labels = archive[f"x_{split}"], archive[f"y_{split}"]
     except DataFileError:
         raise
     except Exception as error:  # zipfile, pickle and OS errors come in many types
         raise DataFileError(f"'{path}' is not a readable npz ({type(error).__name__}: {error}); "
-                            f"expected {layout}.") from error
-    if images.dtype != np.uint8 or images.ndim != 3:
-        raise DataFileError(f"'{path}': x_{split} must be uint8 images (n, height, width); got dtype "
-                            f"{images.dtype}, shape {images.shape}. Store the 0-255 pixels as uint8 (the zoo "
-                            "divides by 255 itself).")
+                            f"expected {NPZ_LAYOUT}.") from error
+    colour_channels = images.shape[-1] if images.ndim == 4 else 1
+    if images.dtype != np.uint8 or images.ndim not in (3, 4) or colour_channels not in (1, 3):
+        raise DataFileError(f"'{path}': x_{split} must be uint8 images (n, height, width) or (n, height, width, "
+                            f"1 or 3); got dtype {images.dtype}, shape {images.shape}. Store the 0-255 pixels as "
+                            "uint8 (the zoo divides by 255 itself).")
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]  # one layout for single-channel images, Keras' (n, h, w)
+    if labels.ndim == 2 and labels.shape[1:] == (1,):
+        labels = labels[:, 0]  # Keras' CIFAR loaders give (n, 1)
     if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
         raise DataFileError(f"'{path}': y_{split} must be integer labels ({len(images)},); got dtype "
                             f"{labels.dtype}, shape {labels.shape}.")
@@ -142,17 +205,28 @@ def _read_npz(path, split):
     return images, labels
 
 
-def load_arrays(name, split, holdout_validation=False, validation_size=VALIDATION_SIZE):
-    """``(images uint8 (n, 28, 28), labels uint8 (n,))`` of one split.
+def load_arrays(name, split, holdout_validation=False, validation_size=VALIDATION_SIZE, *,
+                image_size=None, download=True):
+    """``(images uint8, labels (n,))`` of one split: images ``(n, h, w)`` for
+    single-channel datasets (MNIST: ``(n, 28, 28)``), ``(n, h, w, c)`` for
+    colour (CIFAR-10: ``(n, 32, 32, 3)``); integer labels (uint8 from npz
+    files and Keras, int32 through tfds; -1 for tfds datasets without labels).
 
     ``"validation"`` is the last ``validation_size`` training images;
     ``"train"`` with ``holdout_validation=True`` the ones before them (the two
     never overlap), without it all of them.
+
+    ``image_size``: ``(height, width)`` to crop and resize every image to
+    (``caps_zoo.data.resizing``); None keeps them as stored. ``download``:
+    whether tensorflow-datasets may download a dataset its data_dir lacks
+    (False: only prepared data; offline that fails at once instead of after
+    tfds' retries). Neither changes the npz files or Keras' loader, which are
+    read first.
     """
     _check(name, split, holdout_validation)
     if split == "test":
-        return _stored_arrays(name, "test")
-    images, labels = _stored_arrays(name, "train")
+        return _stored_arrays(name, "test", image_size, download)
+    images, labels = _stored_arrays(name, "train", image_size, download)
     if split == "train" and not holdout_validation:
         return images, labels
     start = _validation_start(name, len(labels), validation_size)
@@ -161,38 +235,84 @@ def load_arrays(name, split, holdout_validation=False, validation_size=VALIDATIO
     return images[:start], labels[:start]
 
 
-def _stored_arrays(name, split):
-    """The arrays as stored: ``split`` is ``"train"`` or ``"test"``."""
+def _stored_arrays(name, split, image_size=None, download=True):
+    """The arrays as stored (or resized to ``image_size``): ``split`` is
+    ``"train"`` or ``"test"``."""
+    from caps_zoo.data import resizing, tfds_source  # tfds_source imports tensorflow-datasets only when read
+
+    if is_tfds_name(name):
+        return tfds_source.read_split(name[len(TFDS_PREFIX):], split, image_size, download)
+    image_size = resizing.check_image_size(image_size)
     if name == "mnist_sample":
-        return _read_npz(SAMPLE_PATH, split)
+        images, labels = _read_npz(SAMPLE_PATH, split)
+        return resizing.resize_arrays(images, image_size), labels
     local_dir = os.environ.get(DATA_ENV)
     if local_dir:
         local_path = Path(local_dir) / f"{name}.npz"
         if local_path.is_file():
-            return _read_npz(local_path, split)
+            images, labels = _read_npz(local_path, split)
+            return resizing.resize_arrays(images, image_size), labels
+    looked = f"'{local_dir}/{name}.npz' (not found)" if local_dir else f"${DATA_ENV} (unset)"
+    tried = [f"a local copy at {looked}"]
+    fixes = [f"set {DATA_ENV} to a folder holding {name}.npz ({NPZ_LAYOUT})"]
+    if name in _KERAS_LOADERS:
+        try:
+            (x_train, y_train), (x_test, y_test) = _KERAS_LOADERS[name]()
+        except Exception as error:  # network errors come in many types
+            tried.append(f"Keras' loader: its download failed ({type(error).__name__}: {error})")
+            fixes.append(f"connect to the internet so that keras.datasets.{name}.load_data() can download it "
+                         "once into ~/.keras/datasets")
+        else:
+            images, labels = (x_train, y_train) if split == "train" else (x_test, y_test)
+            return resizing.resize_arrays(images, image_size), labels
     try:
-        (x_train, y_train), (x_test, y_test) = _KERAS_LOADERS[name]()
-    except Exception as error:  # network errors come in many types
-        looked = f"'{local_dir}/{name}.npz' (not found)" if local_dir else f"${DATA_ENV} (unset)"
-        raise DataUnavailableError(
-            f"Could not load '{name}': no local copy at {looked}, and the Keras "
-            f"download failed ({type(error).__name__}: {error}). Either set {DATA_ENV} to a "
-            f"folder holding {name}.npz (Keras' npz layout: x_train, y_train, x_test, y_test), "
-            f"or connect to the internet so that keras.datasets.{name}.load_data() can "
-            "download it once into ~/.keras/datasets."
-        ) from error
-    return (x_train, y_train) if split == "train" else (x_test, y_test)
+        return tfds_source.read_split(_TFDS_NAMES[name], split, image_size, download)
+    except TFDSNotInstalledError as error:
+        tried.append("tensorflow-datasets: not installed")
+        fixes.append(f"install tensorflow-datasets ({tfds_source.INSTALL_COMMAND}) to read it through tfds "
+                     "(downloaded once into its data_dir, or from one prepared elsewhere)")
+        unavailable, cause = TFDSNotInstalledError, error
+    except tfds_source.TFDSUnavailableError as error:
+        tried.append(f"tensorflow-datasets: {error.tried}")
+        fixes.append(error.hint)
+        unavailable, cause = DataUnavailableError, error
+    attempts = "; ".join(f"({number}) {attempt}" for number, attempt in enumerate(tried, 1))
+    message = f"Could not load '{name}'. Tried {attempts}. To provide it: {'; or '.join(fixes)}."
+    raise unavailable(message) from cause
 
 
 def as_float_images(images):
-    """uint8 images ``(n, h, w)`` as float32 ``(n, h, w, 1)`` in [0, 1]."""
-    return (images.astype("float32") / 255.0)[..., None]
+    """uint8 images ``(n, h, w)`` as float32 ``(n, h, w, 1)`` in [0, 1];
+    colour images ``(n, h, w, c)`` keep their channels."""
+    images = images.astype("float32") / 255.0
+    return images[..., None] if images.ndim == 3 else images
 
 
-def load_images(name, split, holdout_validation=False, validation_size=VALIDATION_SIZE):
-    """All images of one split as float32 ``(n, 28, 28, 1)`` in [0, 1] (numpy);
-    the split as in ``load_arrays``."""
-    return as_float_images(load_arrays(name, split, holdout_validation, validation_size)[0])
+def load_images(name, split, holdout_validation=False, validation_size=VALIDATION_SIZE, *,
+                image_size=None, download=True):
+    """All images of one split as float32 ``(n, h, w, c)`` in [0, 1] (numpy;
+    MNIST ``(n, 28, 28, 1)``); the split and the options as in ``load_arrays``."""
+    return as_float_images(load_arrays(name, split, holdout_validation, validation_size,
+                                       **_source_options(image_size, download))[0])
+
+
+def _source_options(image_size, download):
+    """The source options that differ from their defaults: passed to
+    ``load_arrays`` only then, so that code wrapping ``load_arrays``' first
+    four arguments (recording which splits a training reads) keeps working."""
+    options = {}
+    if image_size is not None:
+        options["image_size"] = image_size
+    if download is not True:
+        options["download"] = download
+    return options
+
+
+def _refuse_source_options_for_pairs(image_size, download):
+    given = _source_options(image_size, download)
+    if given:
+        raise ValueError(f"{' and '.join(repr(option) for option in given)} do not apply to 'multi_mnist' "
+                         f"(its 36x36 pairs are made from load_arrays('mnist')); got {given}.")
 
 
 def _random_shift(image, max_shift, seed):
@@ -245,12 +365,16 @@ def load(
     validation_size=VALIDATION_SIZE,
     max_shift=None,
     partners=None,
+    image_size=None,
+    download=True,
 ):
     """A batched ``tf.data.Dataset`` of ``(images, labels)``; for
     ``multi_mnist`` of ``(merged, targets)`` (see ``caps_zoo.data.multi_mnist``).
 
     Args:
-        name: ``mnist``, ``fashion_mnist``, ``mnist_sample`` or ``multi_mnist``.
+        name: ``mnist``, ``fashion_mnist``, ``cifar10``, ``mnist_sample``,
+            ``multi_mnist``, or ``"tfds:<name>"`` (any tensorflow-datasets
+            image dataset; see ``caps_zoo.data.tfds_source``).
         split: ``train``, ``validation`` or ``test`` (see the module's
             docstring); ``validation`` behaves like ``test``: unshuffled,
             unshifted by default.
@@ -270,6 +394,9 @@ def load(
         max_shift, partners: ``multi_mnist`` only: the shift of each digit
             (0 to 8 pixels each way, default 4) and the fixed pairs per
             validation / test image (default 1).
+        image_size, download: as in ``load_arrays``: ``(height, width)`` to
+            crop and resize the images to (None: as stored), and whether
+            tensorflow-datasets may download.
     """
     if name == "multi_mnist":
         from caps_zoo.data import multi_mnist
@@ -279,6 +406,7 @@ def load(
                                     ("binarize", binarize, "its digits are not binarized")):
             if value is not None:
                 raise ValueError(f"'{option}' does not apply to 'multi_mnist' ({hint}); got {value!r}.")
+        _refuse_source_options_for_pairs(image_size, download)
         return multi_mnist.load(
             split, batch_size=batch_size, seed=seed,
             max_shift=multi_mnist.DEFAULT_MAX_SHIFT if max_shift is None else max_shift,
@@ -289,7 +417,8 @@ def load(
         if value is not None:
             raise ValueError(f"'{option}' applies only to 'multi_mnist', not to '{name}'.")
     check_binarize(binarize)
-    images, labels = load_arrays(name, split, holdout_validation, validation_size)
+    images, labels = load_arrays(name, split, holdout_validation, validation_size,
+                                 **_source_options(image_size, download))
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
     training = split == "train"
@@ -328,15 +457,19 @@ def load(
 
 
 def num_examples(name, split, limit=None, holdout_validation=False, validation_size=VALIDATION_SIZE,
-                 partners=None):
+                 partners=None, *, image_size=None, download=True):
     """The number of examples ``load`` gives with the same arguments (for
-    ``multi_mnist``: pairs per pass, ``partners`` per image for the fixed splits)."""
+    ``multi_mnist``: pairs per pass, ``partners`` per image for the fixed
+    splits). Counted by reading the split, as ``load`` does (tfds datasets
+    whose images vary in size need the same ``image_size``)."""
     if name == "multi_mnist":
         from caps_zoo.data import multi_mnist
 
+        _refuse_source_options_for_pairs(image_size, download)
         return multi_mnist.num_examples(split, limit, holdout_validation, validation_size,
                                         1 if partners is None else partners)
     if partners is not None:
         raise ValueError(f"'partners' applies only to 'multi_mnist', not to '{name}'.")
-    count = len(load_arrays(name, split, holdout_validation, validation_size)[1])
+    count = len(load_arrays(name, split, holdout_validation, validation_size,
+                            **_source_options(image_size, download))[1])
     return count if limit is None else min(limit, count)
