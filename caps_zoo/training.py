@@ -50,7 +50,7 @@ from caps_zoo import weights as weights_io
 from caps_zoo.models.base import AdversarialModel, GenerativeModel
 
 PRECISIONS = ("float32", "mixed_bfloat16")
-STRATEGIES = ("default", "mirrored")
+STRATEGIES = ("default", "mirrored", "multi_worker")
 LEARNING_RATE_SCHEDULES = ("exponential", "cosine")
 SELECTION_MODES = ("max", "min")
 BEST_WEIGHTS = "best.weights.npz"
@@ -195,7 +195,13 @@ def make_strategy(name):
 
     Reused rather than rebuilt: two MirroredStrategy objects in one process
     issue clashing collective-op keys (TF fails with a shape mismatch).
+    ``"multi_worker"``: MultiWorkerMirroredStrategy over the cluster of
+    ``TF_CONFIG`` (``caps_zoo.multi_worker``).
     """
+    if name == "multi_worker":
+        from caps_zoo import multi_worker
+
+        return multi_worker.make_strategy()
     if name == "mirrored":
         # All logical devices of the machine: GPUs, or CPUs split with
         # tf.config.set_logical_device_configuration.
@@ -655,9 +661,23 @@ def train(config, callbacks=()):
     Without validation, ``"test"`` holds the final test metrics; with it,
     ``"validation"`` holds the selected epoch's validation metrics and the
     test split is not evaluated.
+
+    Under ``strategy="multi_worker"`` every worker of ``TF_CONFIG``'s cluster
+    makes the same call: the chief trains in ``output_dir``, the others in
+    scratch copies of it (``caps_zoo.multi_worker.worker_run_dir``).
     """
     config.validate()
     run_dir = Path(config.output_dir)
+    if config.strategy == "multi_worker":
+        from caps_zoo import multi_worker
+
+        # The strategy first: TensorFlow wants it before any other op.
+        with multi_worker.worker_run_dir(run_dir, make_strategy(config.strategy)) as worker_dir:
+            return _train_in(config, worker_dir, callbacks)
+    return _train_in(config, run_dir, callbacks)
+
+
+def _train_in(config, run_dir, callbacks):
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(run_dir):
         return _train_locked(config, run_dir, callbacks)
@@ -755,6 +775,22 @@ def dtype_policy(precision):
         keras.mixed_precision.set_global_policy(previous)
 
 
+def fit_and_evaluate(model, strategy_name):
+    """``(fit, evaluate)`` for ``model``: Keras' ``model.fit``, and
+    ``evaluate(data)`` returning the metrics dict.
+
+    Under multi_worker Keras' own fail (https://github.com/keras-team/keras/issues/20585):
+    the zoo's loop stands in, with the same callbacks (``caps_zoo.multi_worker``).
+    When that bug is fixed, this ``if`` goes and fit is Keras' everywhere.
+    """
+    if strategy_name == "multi_worker":
+        from caps_zoo import multi_worker
+
+        loop = multi_worker.DistributedLoop(model)
+        return loop.fit, loop.evaluate
+    return model.fit, functools.partial(model.evaluate, return_dict=True, verbose=0)
+
+
 def _fit(model, strategy, config, run_dir, seed, callbacks, from_snapshot=False):
     # Generated pairs shift each digit themselves (max_shift); images shift whole.
     shifts = ({"max_shift": config.max_shift} if config.dataset in data.GENERATED_DATASETS
@@ -825,6 +861,7 @@ def _fit(model, strategy, config, run_dir, seed, callbacks, from_snapshot=False)
         *([SampleGrid(run_dir)] if config.sample_grids else []),
         EpochCommit(run_dir, backup),  # last: snapshot, backup, progress
     ]
+    fit, evaluate = fit_and_evaluate(model, config.strategy)
     started = time.time()
     if from_snapshot:
         weights_io.load_weights(model, run_dir / SNAPSHOT_WEIGHTS)
@@ -832,7 +869,7 @@ def _fit(model, strategy, config, run_dir, seed, callbacks, from_snapshot=False)
         if config.verbose:
             print(f"{run_dir}: all epochs were trained; finishing from {SNAPSHOT_WEIGHTS}")
     else:
-        history = model.fit(
+        history = fit(
             train_data,
             epochs=epochs,
             steps_per_epoch=config.steps_per_epoch,
@@ -850,9 +887,9 @@ def _fit(model, strategy, config, run_dir, seed, callbacks, from_snapshot=False)
         "epochs": config.epochs,
     }
     if config.validation:
-        metrics.update(_validation_results(model, val_data, config, run_dir, best_weights))
+        metrics.update(_validation_results(evaluate, val_data, config, run_dir, best_weights))
     else:
-        test_metrics = model.evaluate(val_data, return_dict=True, verbose=0)
+        test_metrics = evaluate(val_data)
         metrics["test"] = {k: float(v) for k, v in test_metrics.items()}
     metrics.update({
         # This process's epochs (none for a run finished after a kill).
@@ -870,10 +907,10 @@ def _fit(model, strategy, config, run_dir, seed, callbacks, from_snapshot=False)
     return metrics
 
 
-def _validation_results(model, val_data, config, run_dir, best_weights):
+def _validation_results(evaluate, val_data, config, run_dir, best_weights):
     """metrics.json's entries for a validation run: the shipped epoch's
     validation metrics, and no test metrics (the test split is seen once,
-    by ship_weights)."""
+    by ship_weights). ``evaluate(data)`` gives the model's metrics dict."""
     epochs_done = _epochs_done(run_dir, config)
     results = {
         "test": "not evaluated; run ship_weights",
@@ -885,7 +922,7 @@ def _validation_results(model, val_data, config, run_dir, best_weights):
     }
     if best_weights is None:
         # No selection: the last epoch ships; these are its metrics.
-        last = model.evaluate(val_data, return_dict=True, verbose=0)
+        last = evaluate(val_data)
         return {**results, "selected_on": "last epoch (no selection metric)",
                 "selected_epoch": epochs_done,
                 "validation": {k: float(v) for k, v in last.items()}}
@@ -930,7 +967,9 @@ def recipe_argument_parser(description, defaults, models):
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--precision", choices=PRECISIONS)
-    parser.add_argument("--strategy", choices=STRATEGIES)
+    parser.add_argument("--strategy", choices=STRATEGIES,
+                        help="mirrored: the devices of this machine; multi_worker: every worker of the "
+                             "cluster in the TF_CONFIG environment variable runs this command (README)")
     parser.add_argument("--output-dir")
     parser.add_argument("--learning-rate", type=float)
     parser.add_argument("--learning-rate-decay", type=float,
@@ -993,6 +1032,9 @@ def config_from_args(args, leave_out=()):
 def run_recipe(args, model_overrides=None):
     """Train the TrainConfig that parsed ``args`` give; print the test metrics
     (with --validation: the selected epoch's validation metrics)."""
+    if args.logical_cpus and args.strategy == "multi_worker":
+        raise ValueError("--logical-cpus splits this process's CPU for --strategy mirrored; under "
+                         "multi_worker each worker trains on its own CPU (or its GPUs).")
     use_logical_cpus(args.logical_cpus)
     config = config_from_args(args)
     if model_overrides:

@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 
 import caps_zoo
-from caps_zoo import metrics
+from caps_zoo import metrics, multi_worker
 from caps_zoo.training import (METRICS, TrainConfig, recipe_argument_parser, run_recipe, sample_count,
                                write_json_atomically)
 
@@ -87,15 +87,20 @@ def main(argv=None):
     # The distance is to the test split: a validation run leaves it to
     # ship_weights.py, which measures the shipped weights once.
     measure = args.frechet_samples and not args.validation
+    # Under multi_worker the chief measures, alone: the other workers' run
+    # directories are scratch, and output_dir is the chief's.
+    chief = args.strategy != "multi_worker" or multi_worker.read_tf_config().is_chief
     finished = Path(args.output_dir) / METRICS
     if measure and finished.is_file() and "frechet" not in json.loads(finished.read_text()):
         # Killed after training, before the distance: finish what is missing,
         # if this is the command that trained it (else run_recipe refuses).
         trained = json.loads((Path(args.output_dir) / "config.json").read_text())
         if trained["model"] == (args.model or DEFAULTS.model) and trained["model_overrides"] == overrides:
+            if not chief:
+                return None  # nothing left to train; the chief adds the distance
             return add_frechet_distance(args.output_dir, args.frechet_samples)
     results = run_recipe(args, overrides)
-    if measure:
+    if measure and chief:
         results = add_frechet_distance(args.output_dir, args.frechet_samples)
     return results
 
