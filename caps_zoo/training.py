@@ -49,7 +49,9 @@ from caps_zoo import data, registry
 from caps_zoo import weights as weights_io
 from caps_zoo.models.base import AdversarialModel, GenerativeModel
 
-PRECISIONS = ("float32", "mixed_bfloat16")
+# mixed_bfloat16 for CPUs with bf16 units (AVX512_BF16, AMX); mixed_float16
+# for GPUs, where every optimizer of a model is loss-scaled (models.base).
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 LEARNING_RATE_SCHEDULES = ("exponential", "cosine")
 SELECTION_MODES = ("max", "min")
@@ -94,6 +96,10 @@ class TrainConfig:
     # generator's); None: the same as the generator's.
     discriminator_learning_rate: float = None
     sample_grids: bool = False  # models with sample(): a PNG of samples after every epoch
+    # TensorBoard logs in <output_dir>/tensorboard: scalars per epoch, and the
+    # sample grid per epoch for generators with sample_grids (needs the
+    # tensorboard package: pip install "caps_zoo[tensorboard]").
+    tensorboard: bool = False
     # Model selection (see the module's docstring). validation: train on all
     # but the last validation_size training images and select on those.
     validation: bool = False
@@ -323,22 +329,40 @@ class SampleGrid(keras.callbacks.Callback):
     """After every epoch: ``samples/epoch_NNN.png``, a grid of ``model.sample``
     drawn from the same prior noise each time (``seed``), so that epochs compare."""
 
-    def __init__(self, run_dir, count=100, seed=1234):
+    def __init__(self, run_dir, count=100, seed=1234, tensorboard_dir=None):
         super().__init__()
         self.directory = Path(run_dir) / "samples"
         self.count = count
         self.seed = seed
+        # With a TensorBoard log folder: the grid also goes there, as an image
+        # summary per epoch (its own writer: Keras' TensorBoard callback keeps
+        # its writers to itself).
+        self.tensorboard_dir = tensorboard_dir
+        self._writer = None
 
     def on_epoch_end(self, epoch, logs=None):
         from caps_zoo import plots  # matplotlib only where grids are asked for
 
         self.directory.mkdir(parents=True, exist_ok=True)
         images = self.model.sample(self.count, seed=self.seed)["images"]
+        path = self.directory / f"epoch_{epoch + 1:03d}.png"
         try:
-            plots.image_grid(images, self.directory / f"epoch_{epoch + 1:03d}.png",
-                             title=f"{self.model.name}, epoch {epoch + 1}")
+            plots.image_grid(images, path, title=f"{self.model.name}, epoch {epoch + 1}")
         except ValueError as error:  # e.g. NaN samples: a figure must not stop the run
             print(f"epoch {epoch + 1}: no sample grid ({error})")
+            return
+        if self.tensorboard_dir is not None:
+            if self._writer is None:
+                self._writer = tf.summary.create_file_writer(str(Path(self.tensorboard_dir) / "samples"))
+            grid = tf.io.decode_png(tf.io.read_file(str(path)), channels=3)
+            with self._writer.as_default():
+                tf.summary.image("samples", grid[None], step=epoch + 1)
+            self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
 
 class LogRollback(keras.callbacks.Callback):
@@ -597,12 +621,12 @@ def _epochs_done(run_dir, config):
 # trains (cosine runs anneal to their epochs, so for them epochs is fixed too).
 RESUME_MAY_CHANGE = (
     "epochs", "verbose", "output_dir", "strategy", "early_stopping_patience", "stop_at",
-    "sample_grids", "test_limit",
+    "sample_grids", "test_limit", "tensorboard",
 )
 
 
 # Fields added on 2026-12-02, with the behaviour of the runs started before them.
-ADDED_LATER = {"adam_beta_2": 0.999, "max_shift": None}
+ADDED_LATER = {"adam_beta_2": 0.999, "max_shift": None, "tensorboard": False}
 
 
 def changed_settings(stored, config, names):
@@ -858,7 +882,9 @@ def _fit(model, strategy, config, run_dir, seed, callbacks, from_snapshot=False)
                           schedule=config.learning_rate_schedule, warmup_epochs=config.warmup_epochs,
                           total_epochs=config.epochs, steps_per_epoch=steps_per_epoch),
         keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True),
-        *([SampleGrid(run_dir)] if config.sample_grids else []),
+        *([tensorboard_callback(run_dir)] if config.tensorboard else []),
+        *([SampleGrid(run_dir, tensorboard_dir=run_dir / TENSORBOARD_DIR if config.tensorboard else None)]
+          if config.sample_grids else []),
         EpochCommit(run_dir, backup),  # last: snapshot, backup, progress
     ]
     fit, evaluate = fit_and_evaluate(model, config.strategy)
@@ -950,28 +976,36 @@ def sample_count(text):
     return value
 
 
-def recipe_argument_parser(description, defaults, models):
+# What the recipes train on (multi_mnist: the capsule recipe only).
+TRAINING_DATASETS = ("mnist", "fashion_mnist", "cifar10")
+
+
+def recipe_argument_parser(description, defaults, models, datasets=TRAINING_DATASETS):
     """An argparse parser of the TrainConfig fields every recipe takes.
 
     ``defaults`` is the recipe's ``TrainConfig``; ``models`` the registered
     models it trains (its data, augmentation and selection fit them alone:
-    the capsule recipe would train DRAW on grey, shifted images). Recipes add
+    the capsule recipe would train DRAW on grey, shifted images); ``datasets``
+    the datasets it offers. Every option's help shows its default. Recipes add
     their model's own options and pass them to ``run_recipe`` as
     ``model_overrides``.
     """
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    parser.add_argument("--model", choices=tuple(models))
-    parser.add_argument("--dataset")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--precision", choices=PRECISIONS)
+    parser.add_argument("--model", choices=tuple(models), help="the registered model to train")
+    parser.add_argument("--dataset", choices=tuple(datasets),
+                        help="caps_zoo.data's name (CAPS_ZOO_DATA, or a download)")
+    parser.add_argument("--epochs", type=int, help="epochs in all (a resumed run counts the done ones)")
+    parser.add_argument("--batch-size", type=int, help="the global batch (split over replicas and workers)")
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help="mixed_bfloat16 for CPUs with bf16 units, mixed_float16 for GPUs")
     parser.add_argument("--strategy", choices=STRATEGIES,
                         help="mirrored: the devices of this machine; multi_worker: every worker of the "
                              "cluster in the TF_CONFIG environment variable runs this command (README)")
-    parser.add_argument("--output-dir")
-    parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--output-dir",
+                        help="the run directory: config, log.csv, snapshots, backup (rerun to resume)")
+    parser.add_argument("--learning-rate", type=float, help="Adam's initial learning rate")
     parser.add_argument("--learning-rate-decay", type=float,
                         help="factor per epoch")
     parser.add_argument("--learning-rate-schedule", choices=LEARNING_RATE_SCHEDULES,
@@ -983,7 +1017,7 @@ def recipe_argument_parser(description, defaults, models):
     parser.add_argument("--adam-beta-2", type=float, help="Adam's beta_2")
     parser.add_argument("--train-limit", type=int, help="first N training images")
     parser.add_argument("--test-limit", type=int, help="first N test images")
-    parser.add_argument("--steps-per-epoch", type=int)
+    parser.add_argument("--steps-per-epoch", type=int, help="batches per epoch (None: the whole split)")
     parser.add_argument("--init-weights", help="start from a weights file (e.g. a snapshot)")
     parser.add_argument("--initial-epoch", type=int, default=0,
                         help="with --init-weights: epochs already done (continues the LR schedule)")
@@ -991,6 +1025,9 @@ def recipe_argument_parser(description, defaults, models):
                         help="split the CPU into N logical devices (for --strategy mirrored)")
     parser.add_argument("--verbose", type=int,
                         help="1: progress bar; 2: one line per epoch (for logs written to a file)")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="TensorBoard logs in <output-dir>/tensorboard: scalars per epoch, and "
+                             "generators' sample grid per epoch (pip install \"caps_zoo[tensorboard]\")")
     selection = (f"ship the epoch of the best {defaults.selection_metric} "
                  f"({defaults.selection_mode}) on them" if defaults.selection_metric
                  else "log on them (the last epoch ships)")
@@ -1010,6 +1047,24 @@ def recipe_argument_parser(description, defaults, models):
         **{field.name: getattr(defaults, field.name) for field in dataclasses.fields(TrainConfig)}
     )
     return parser
+
+
+TENSORBOARD_DIR = "tensorboard"
+
+
+def tensorboard_callback(run_dir):
+    """Keras' TensorBoard callback writing ``<run_dir>/tensorboard`` (scalars
+    per epoch); a clear error where the tensorboard package is missing
+    (TF 2.21 no longer installs it), before any epoch is trained."""
+    try:
+        import tensorboard  # noqa: F401  (Keras' callback needs it for its summaries)
+    except ImportError:
+        raise ImportError(
+            "--tensorboard needs the tensorboard package, which TensorFlow 2.21 no longer "
+            'installs: pip install "caps_zoo[tensorboard]" (or pip install tensorboard).'
+        ) from None
+    return keras.callbacks.TensorBoard(log_dir=str(Path(run_dir) / TENSORBOARD_DIR), update_freq="epoch",
+                                       write_graph=False)
 
 
 def use_logical_cpus(count):

@@ -25,7 +25,7 @@ trains on fresh pairs every epoch, and selects on ``val_pair_accuracy``
     python recipes/train_capsnet.py --model deep_capsnet --dataset multi_mnist --validation ...
 """
 
-from caps_zoo.training import TrainConfig, recipe_argument_parser, run_recipe
+from caps_zoo.training import TRAINING_DATASETS, TrainConfig, recipe_argument_parser, run_recipe
 
 # TrainConfig's defaults are CapsNet's; with --validation, the shipped epoch
 # is the one of the highest validation accuracy.
@@ -36,7 +36,8 @@ DEFAULTS = TrainConfig(selection_metric="val_accuracy", selection_mode="max")
 
 
 def parse_args(argv=None):
-    parser = recipe_argument_parser(__doc__.splitlines()[0], DEFAULTS, MODELS)
+    parser = recipe_argument_parser(__doc__.splitlines()[0], DEFAULTS, MODELS,
+                                    datasets=(*TRAINING_DATASETS, "multi_mnist"))
     parser.add_argument(
         "--max-shift", type=int,
         help="multi_mnist: each digit's shift in pixels, each way (default 4, Sabour et al.)",

@@ -1,0 +1,99 @@
+"""What every training recipe offers a Keras user: --help that shows each
+option's default and choices, --tensorboard, and mixed_float16."""
+
+import runpy
+from pathlib import Path
+
+import pytest
+
+from caps_zoo import training
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+TRAINING_RECIPES = ("train_capsnet.py", "train_draw.py", "train_gran.py", "train_rcn.py", "train_cvgan.py",
+                    "routing_grid.py")
+
+
+@pytest.mark.parametrize("recipe", TRAINING_RECIPES)
+def test_help_shows_defaults_and_choices(recipe, capsys):
+    namespace = runpy.run_path(str(RECIPES / recipe))
+    with pytest.raises(SystemExit) as exit_info:
+        namespace["parse_args"](["--help"])
+    assert exit_info.value.code == 0
+    shown = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    defaults = namespace["DEFAULTS"]
+    listing = shown[shown.index("options:"):]  # past the usage line
+    for flag, value in (("--model", defaults.model), ("--dataset", defaults.dataset),
+                        ("--epochs", defaults.epochs), ("--batch-size", defaults.batch_size),
+                        ("--output-dir", defaults.output_dir), ("--precision", defaults.precision)):
+        option = listing[listing.index(f"{flag} "):]
+        assert f"(default: {value})" in option[:600], (flag, option[:600])
+    assert "{mnist,fashion_mnist,cifar10" in shown  # --dataset's choices
+    assert "mixed_float16" in shown and "--tensorboard" in shown
+
+
+def test_a_dataset_the_recipe_cannot_train_is_refused(capsys):
+    parse = runpy.run_path(str(RECIPES / "train_draw.py"))["parse_args"]
+    with pytest.raises(SystemExit):
+        parse(["--dataset", "multi_mnist"])  # pairs: the capsule recipe's alone
+    assert "invalid choice: 'multi_mnist'" in capsys.readouterr().err
+    capsnet = runpy.run_path(str(RECIPES / "train_capsnet.py"))["parse_args"](["--dataset", "multi_mnist"])
+    assert capsnet.dataset == "multi_mnist"
+
+
+def _gran_run(run_dir, **changes):
+    return training.TrainConfig(**{**dict(model="gran1", epochs=2, batch_size=32, steps_per_epoch=2,
+                                          shift_pixels=0, output_dir=str(run_dir), verbose=0,
+                                          validation=True, validation_size=64, selection_metric=None),
+                                       **changes})
+
+
+def test_tensorboard_logs_scalars_and_sample_grids_per_epoch(tiny_mnist, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = tmp_path / "run"
+    training.train(_gran_run(run_dir, tensorboard=True, sample_grids=True))
+    logs = run_dir / training.TENSORBOARD_DIR
+
+    def load(folder):
+        accumulator = EventAccumulator(str(logs / folder))
+        accumulator.Reload()
+        return accumulator
+
+    # TF2 summaries store scalars as tensors (TensorBoard's scalar plugin reads them).
+    train = load("train")
+    assert [event.step for event in train.Tensors("epoch_loss")] == [0, 1]
+    assert "epoch_discriminator_loss" in train.Tags()["tensors"]
+    assert [event.step for event in load("validation").Tensors("epoch_loss")] == [0, 1]
+    images = load("samples").Tensors("samples")  # [width, height, PNG] per step
+    assert [event.step for event in images] == [1, 2]
+    width, height, png = images[0].tensor_proto.string_val
+    assert int(width) > 100 and png.startswith(b"\x89PNG")
+
+
+def test_tensorboard_without_the_package_fails_before_training(tiny_mnist, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def without_tensorboard(name, *args, **kwargs):
+        if name == "tensorboard" or name.startswith("tensorboard."):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_tensorboard)
+    with pytest.raises(ImportError, match=r'pip install "caps_zoo\[tensorboard\]"'):
+        training.train(_gran_run(tmp_path / "run", tensorboard=True))
+    assert not (tmp_path / "run" / "log.csv").exists() or not (tmp_path / "run" / "log.csv").read_text().strip()
+
+
+def test_a_recipe_run_trains_in_mixed_float16(tiny_mnist, tmp_path):
+    """The precision recipes refused until now: a GAN (two loss-scaled optimizers) trains, losses finite."""
+    import csv
+    import math
+
+    run_dir = tmp_path / "run"
+    training.train(_gran_run(run_dir, epochs=1, precision="mixed_float16"))
+    with open(run_dir / "log.csv") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert all(math.isfinite(float(row[name])) for name in ("loss", "discriminator_loss", "generator_loss"))
