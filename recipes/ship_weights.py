@@ -88,6 +88,8 @@ def describe_samples(model, dataset, folder, tag, frechet_samples, train_images)
     drawn = model.sample(8, seed=2)
     if "canvases" in drawn:  # the recurrent generators draw in steps; a PixelCNN prior does not
         plots.drawing_strip(drawn, folder / f"{tag}.drawing.png")
+    if "write_boxes" in drawn:  # the writers (DRAW, DCRW, RCN): the drawing animated, write window in red
+        plots.drawing_gif(drawn, folder / f"{tag}.drawing.gif")
     indices, distances = metrics.nearest_neighbours(samples[:8], train_images, k=3)
     plots.nearest_neighbour_grid(samples[:8], train_images, indices, distances,
                                  folder / f"{tag}.nearest_neighbours.png")
