@@ -22,16 +22,24 @@ TOLERANCE = 1e-5
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="deep_capsnet")
+    parser.add_argument("--model", default="deep_capsnet", help="a registered model (default: %(default)s)")
     parser.add_argument("--weights", default="mnist", help="a pretrained tag or a weights file")
     parser.add_argument("--saved-model-dir", help="TF Serving base directory")
-    parser.add_argument("--version", type=int, default=1)
-    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--version", type=int, default=1, help="TF Serving version folder (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing version folder")
+    parser.add_argument("--quiet", action="store_true", help="print only what was written")
     parser.add_argument("--tflite", help="path of the .tflite file to write")
     args = parser.parse_args(argv)
     if not (args.saved_model_dir or args.tflite):
         parser.error("give --saved-model-dir, --tflite, or both")
 
+    # Each stage takes seconds to a minute (draw: ~45 s in all, tracing its
+    # 64-step graphs): say what is going on.
+    def stage(text):
+        if not args.quiet:
+            print(text, flush=True)
+
+    stage(f"loading {args.model} (weights {args.weights!r})")
     model = caps_zoo.load(args.model, weights=args.weights)
     signature = export.default_signature(model)
     function, input_signature = model.serving_endpoints()[signature]
@@ -40,13 +48,16 @@ def main(argv=None):
 
     exported = {}
     if args.saved_model_dir:
+        stage(f"tracing {len(model.serving_endpoints())} endpoints into a SavedModel under {args.saved_model_dir}")
         version_dir = export.export_saved_model(
             model, args.saved_model_dir, version=args.version, overwrite=args.overwrite
         )
         exported[str(version_dir)] = export.load_saved_model_signature(version_dir, signature)(**inputs)
     if args.tflite:
+        stage(f"converting '{signature}' to TFLite")
         path = export.export_tflite(model, args.tflite, signature)
         exported[str(path)] = export.tflite_predict(path, **inputs)
+    stage(f"checking the exports against Keras on {len(next(iter(inputs.values())))} examples")
     for where, outputs in exported.items():
         error = max(float(np.abs(np.asarray(outputs[k], dtype=np.float64) - v).max())
                     for k, v in expected.items())
