@@ -217,8 +217,15 @@ def make_strategy(name):
     return tf.distribute.get_strategy()
 
 
+# The image shape a dataset's images have where it is not the models'
+# default (28, 28, 1): a recipe run on it builds its model at that shape.
+DATASET_IMAGE_SHAPES = {"cifar10": (32, 32, 3)}
+
+
 def build_model(config):
     overrides = dict(config.model_overrides)
+    if config.dataset in DATASET_IMAGE_SHAPES:
+        overrides.setdefault("image_shape", DATASET_IMAGE_SHAPES[config.dataset])
     if config.routing_iterations is not None:
         overrides["routing_iterations"] = tuple(config.routing_iterations)
     model = registry.create_model(config.model, **overrides)

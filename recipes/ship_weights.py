@@ -70,7 +70,7 @@ from caps_zoo.models import CapsuleNetwork
 from caps_zoo.models.capsule_vector_vae import AdversarialAutoencoder, BottleneckAutoencoder
 from caps_zoo.reconstruction_quality import reconstruction_quality
 from caps_zoo.models.base import GenerativeModel
-from caps_zoo.training import BEST_RECORD, BEST_WEIGHTS, METRICS, machine_description, run_lock, sample_count
+from caps_zoo.training import BEST_RECORD, BEST_WEIGHTS, DATASET_IMAGE_SHAPES, METRICS, machine_description, run_lock, sample_count
 
 STAGING_PREFIX = ".staging-"
 
@@ -400,6 +400,8 @@ def main(argv=None):
 
     # The run's architecture overrides travel in the metadata; load() applies them.
     overrides = dict(config.get("model_overrides") or {})
+    if config["dataset"] in DATASET_IMAGE_SHAPES:  # as training.build_model built it
+        overrides.setdefault("image_shape", list(DATASET_IMAGE_SHAPES[config["dataset"]]))
     if config.get("routing_iterations"):
         overrides["routing_iterations"] = list(config["routing_iterations"])
     # Everything is written to a staging folder beside the shipped files and

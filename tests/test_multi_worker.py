@@ -250,8 +250,10 @@ def test_two_capsnet_workers_log_select_and_finish_as_one_process_does(tiny_mnis
 # under MirroredStrategy over the two logical CPUs of conftest.py, the
 # workers' layout, so that the same replicas draw the same noise
 # (builder.replica_normal) for the same halves of the global batch.
+# The default test run keeps the GAN (two optimizers, noise per replica);
+# the writer (26-100 s here, the same loop) runs with -m slow.
 @pytest.mark.parametrize("recipe, args", [
-    pytest.param(*DCRW, id="dcrw"),
+    pytest.param(*DCRW, id="dcrw", marks=pytest.mark.slow),
     pytest.param(*GRAN1, id="gran1"),
 ])
 def test_two_workers_step_as_one_process_with_two_replicas(recipe, args, tiny_mnist, start_pair, tmp_path,

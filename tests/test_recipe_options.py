@@ -97,3 +97,27 @@ def test_a_recipe_run_trains_in_mixed_float16(tiny_mnist, tmp_path):
     with open(run_dir / "log.csv") as handle:
         (row,) = list(csv.DictReader(handle))
     assert all(math.isfinite(float(row[name])) for name in ("loss", "discriminator_loss", "generator_loss"))
+
+
+def test_a_recipe_trains_on_cifar10_at_its_image_shape(tmp_path, monkeypatch):
+    """--dataset cifar10 builds the model at 32x32x3 (tfds.testing.mock_data: offline, made-up images)."""
+    import json
+    import sys
+
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from caps_zoo import data
+
+    monkeypatch.setenv(data.DATA_ENV, str(tmp_path))  # no local npz: tfds serves cifar10
+    run_dir = tmp_path / "run"
+    argv = [str(RECIPES / "train_capsnet.py"), "--dataset", "cifar10", "--epochs", "1", "--batch-size", "8",
+            "--steps-per-epoch", "1", "--train-limit", "16", "--test-limit", "8", "--routing-iterations", "1",
+            "--output-dir", str(run_dir), "--verbose", "0"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with tfds.testing.mock_data(num_examples=16):
+        runpy.run_path(argv[0], run_name="__main__")
+    results = json.loads((run_dir / "metrics.json").read_text())
+    assert 0 <= results["test"]["accuracy"] <= 1
+    import caps_zoo
+
+    model = caps_zoo.load("capsnet", weights=str(run_dir / "final.weights.npz"), image_shape=(32, 32, 3))
+    assert model.image_shape == (32, 32, 3)
