@@ -59,6 +59,7 @@ import tensorflow as tf
 
 import caps_zoo
 from caps_zoo import checks, pretrained_files, registry
+from caps_zoo.files import sha256_of
 from caps_zoo import weights as weights_io
 from caps_zoo.models.base import ZooModel
 
@@ -310,7 +311,7 @@ def save_preset(model, path, metadata=None, dtype="float32", overwrite=False):
     staging = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
     try:
         weights_io.save_weights(model, staging / PRESET_WEIGHTS, dtype=dtype)
-        config["weights_sha256"] = pretrained_files.sha256_of(staging / PRESET_WEIGHTS)
+        config["weights_sha256"] = sha256_of(staging / PRESET_WEIGHTS)
         (staging / PRESET_METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
         (staging / PRESET_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         if path.exists():
@@ -400,7 +401,7 @@ def load_preset(folder, /, with_weights=True, **overrides):
     weights_path = folder / config["weights"]
     if not weights_path.is_file():
         raise FileNotFoundError(f"Preset '{folder}' has no weights file '{config['weights']}'.")
-    if pretrained_files.sha256_of(weights_path) != config["weights_sha256"]:
+    if sha256_of(weights_path) != config["weights_sha256"]:
         raise weights_io.WeightsError(
             f"'{weights_path}' is not the weights file '{folder / PRESET_CONFIG}' records (SHA-256 differs): "
             "a copy or download cut short, or the file was replaced. Copy the preset folder again."

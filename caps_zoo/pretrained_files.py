@@ -23,7 +23,6 @@ order:
    skipped, and the error says how to set it.
 """
 
-import hashlib
 import json
 import os
 import secrets
@@ -32,6 +31,7 @@ from pathlib import Path
 import keras
 
 from caps_zoo import weights as weights_io
+from caps_zoo.files import sha256_of, write_json_atomically
 
 SAVED_MODELS_ENV = "CAPS_ZOO_SAVED_MODELS"
 ORIGIN_ENV = "CAPS_ZOO_WEIGHTS_URL"
@@ -91,15 +91,6 @@ def origin_url(model, file_name):
     return f"{base.rstrip('/')}/{model}/{file_name}"
 
 
-def sha256_of(path):
-    """The SHA-256 of the file at ``path``, as hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def role_of(file_name, tag):
     """``weights``, ``metadata``, ``log``, ``figure`` or ``other``, from the
     part of ``file_name`` after ``<tag>``."""
@@ -149,12 +140,8 @@ def build_manifest(folder=None):
 
 def write_manifest(folder=None, path=MANIFEST_PATH):
     """Write ``build_manifest(folder)`` to ``path`` (the packaged manifest); returns ``path``."""
-    manifest = build_manifest(folder)
-    path = Path(path)
-    tmp_path = path.with_suffix(".tmp")
-    tmp_path.write_text(json.dumps(manifest, indent=1) + "\n")
-    os.replace(tmp_path, path)  # a reader never sees half a manifest
-    return path
+    write_json_atomically(path, build_manifest(folder), indent=1)
+    return Path(path)
 
 
 def load_manifest(path=MANIFEST_PATH):

@@ -25,6 +25,7 @@ import os
 from pathlib import Path
 
 from caps_zoo import pretrained_files
+from caps_zoo.files import sha256_of
 from caps_zoo import weights as weights_io
 # Where the checkout's pretrained files are (kept here too: tests and recipes use it).
 from caps_zoo.pretrained_files import saved_models_dir
@@ -177,7 +178,7 @@ def load(name, /, weights=DEFAULT_WEIGHTS, **overrides):
                 "(weights='<path>')."
             )
         expected = metadata.get("weights_sha256")
-        if expected and pretrained_files.sha256_of(path) != expected:
+        if expected and sha256_of(path) != expected:
             raise weights_io.WeightsError(
                 f"'{path}' is not the file its metadata '{metadata_path}' describes (SHA-256 "
                 "differs): the weights were replaced without their metadata, or shipping was "

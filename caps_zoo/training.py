@@ -32,7 +32,6 @@ import contextlib
 import csv
 import dataclasses
 import functools
-import hashlib
 import io
 import json
 import math
@@ -46,6 +45,7 @@ import keras
 import tensorflow as tf
 
 from caps_zoo import data, registry
+from caps_zoo.files import sha256_of, write_json_atomically, write_text_atomically
 from caps_zoo import weights as weights_io
 from caps_zoo.models.base import AdversarialModel, GenerativeModel
 
@@ -554,15 +554,6 @@ def stop_reason(config, best, epochs_done):
     return None
 
 
-def write_json_atomically(path, record):
-    write_text_atomically(path, json.dumps(record, indent=2))
-
-
-def write_text_atomically(path, text):
-    # A reader (ship_weights, a restart) never sees a half-written file.
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 class BestWeights(keras.callbacks.Callback):
@@ -603,7 +594,7 @@ class BestWeights(keras.callbacks.Callback):
                 "validation": {name[len("val_"):]: float(v) for name, v in logs.items()
                                if name.startswith("val_")},
                 "validation_size": self.config.validation_size,
-                "weights_sha256": hashlib.sha256(self.weights_path.read_bytes()).hexdigest(),
+                "weights_sha256": sha256_of(self.weights_path),
             }
             write_json_atomically(self.record_path, self.best)
         if stop_reason(self.config, self.best, epoch + 1):

@@ -50,7 +50,6 @@ import argparse
 import csv
 import dataclasses
 import datetime
-import hashlib
 import io
 import json
 import os
@@ -64,6 +63,7 @@ import numpy as np
 import tensorflow as tf
 
 import caps_zoo
+from caps_zoo.files import sha256_of, sha256_of_bytes
 from caps_zoo import code_map_figures, data, metrics, plots, pretrained_files, registry
 from caps_zoo import weights as weights_io
 from caps_zoo.models import CapsuleNetwork
@@ -315,7 +315,7 @@ def read_selected_epoch(parser, run_dir):
     while True:
         best = json.loads((run_dir / BEST_RECORD).read_text())
         model_weights = (run_dir / BEST_WEIGHTS).read_bytes()
-        if hashlib.sha256(model_weights).hexdigest() != best["weights_sha256"]:
+        if sha256_of_bytes(model_weights) != best["weights_sha256"]:
             _wait(started, f"{BEST_WEIGHTS} does not match {BEST_RECORD}")
             continue
         log_text = (run_dir / "log.csv").read_text()
@@ -620,7 +620,7 @@ def stage_and_measure(args, run, staging, shipped_weights_name):
         "measured_on": datetime.date.today().isoformat(),
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
         "weights": weights_path.name,
-        "weights_sha256": hashlib.sha256(weights_path.read_bytes()).hexdigest(),
+        "weights_sha256": sha256_of(weights_path),
         "storage_dtype": "float16",
         "notes": args.notes,
     }
