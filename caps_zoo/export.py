@@ -398,6 +398,11 @@ def load_preset(folder, /, with_weights=True, **overrides):
             )
     if not with_weights:
         return model
+    # A bare file name inside the folder: a preset from elsewhere (the Hub,
+    # Kaggle) must not make load() read a file outside it ('../', '/').
+    if not isinstance(config["weights"], str) or Path(config["weights"]).name != config["weights"]:
+        raise ValueError(f"'{folder / PRESET_CONFIG}' names its weights {config['weights']!r}: expected the "
+                         f"name of a file inside the preset folder, such as '{PRESET_WEIGHTS}'.")
     weights_path = folder / config["weights"]
     if not weights_path.is_file():
         raise FileNotFoundError(f"Preset '{folder}' has no weights file '{config['weights']}'.")

@@ -129,6 +129,14 @@ def test_corrupt_weights_are_refused(preset):
         caps_zoo.load(preset)
 
 
+@pytest.mark.parametrize("name", ["../outside.weights.npz", "/tmp/outside.weights.npz", "sub/x.weights.npz"])
+def test_weights_outside_the_preset_folder_are_refused(preset, name):
+    """A preset from elsewhere cannot make load() read a file outside its folder."""
+    edit_config(preset, weights=name)
+    with pytest.raises(ValueError, match="expected the name of a file inside the preset folder"):
+        caps_zoo.load(preset)
+
+
 def test_overrides_that_conflict_with_the_weights(preset):
     with pytest.raises(weights_io.WeightsError,
                        match=r"The overrides \{'decoder_units': \(64, 64\)\} conflict with preset .* do not fit"):
