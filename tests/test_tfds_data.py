@@ -279,3 +279,22 @@ def test_image_size_crops_to_the_aspect_ratio_then_resizes_only_when_asked(monke
         data.load("multi_mnist", "test", image_size=(32, 32))
     with pytest.raises(ValueError, match="'download' do not apply to 'multi_mnist'"):
         data.num_examples("multi_mnist", "test", download=False)
+
+
+def test_channels_convert_grey_to_colour_and_colour_to_grey(indexed_tfds, no_local_data):
+    """MNIST for a colour model (the channel repeated), CIFAR-10 for a grey one
+    (the luma, tf.image.rgb_to_grayscale's weights); None keeps them."""
+    grey = data.load_images("mnist_sample", "test")[:4]
+    colour = data.load_images("mnist_sample", "test", channels=3)[:4]
+    assert colour.shape == (4, 28, 28, 3)
+    np.testing.assert_array_equal(colour, np.repeat(grey, 3, axis=-1))
+    batch, _ = next(iter(data.load("mnist_sample", "test", batch_size=4, channels=3)))
+    np.testing.assert_array_equal(batch.numpy(), colour)
+
+    cifar = data.load_images("cifar10", "test")[:4]
+    as_grey = data.load_images("cifar10", "test", channels=1)[:4]
+    assert as_grey.shape == (4, 32, 32, 1)
+    np.testing.assert_allclose(as_grey, tf.image.rgb_to_grayscale(cifar).numpy(), atol=1e-6)
+    assert data.load_images("cifar10", "test", channels=3).shape[-1] == 3  # as stored
+    with pytest.raises(ValueError, match="channels must be None, 1 \\(grey\\) or 3"):
+        data.load("mnist_sample", "test", channels=2)

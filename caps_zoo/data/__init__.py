@@ -293,11 +293,14 @@ def as_float_images(images):
 
 
 def load_images(name, split, holdout_validation=False, validation_size=VALIDATION_SIZE, *,
-                image_size=None, download=True):
+                image_size=None, download=True, channels=None):
     """All images of one split as float32 ``(n, h, w, c)`` in [0, 1] (numpy;
-    MNIST ``(n, 28, 28, 1)``); the split and the options as in ``load_arrays``."""
-    return as_float_images(load_arrays(name, split, holdout_validation, validation_size,
-                                       **_source_options(image_size, download))[0])
+    MNIST ``(n, 28, 28, 1)``); the split and the options as in ``load_arrays``;
+    ``channels`` as in ``load``."""
+    from caps_zoo.data import resizing
+
+    return resizing.convert_channels(as_float_images(load_arrays(
+        name, split, holdout_validation, validation_size, **_source_options(image_size, download))[0]), channels)
 
 
 def _source_options(image_size, download):
@@ -371,6 +374,7 @@ def load(
     partners=None,
     image_size=None,
     download=True,
+    channels=None,
 ):
     """A batched ``tf.data.Dataset`` of ``(images, labels)``; for
     ``multi_mnist`` of ``(merged, targets)`` (see ``caps_zoo.data.multi_mnist``).
@@ -401,6 +405,8 @@ def load(
         image_size, download: as in ``load_arrays``: ``(height, width)`` to
             crop and resize the images to (None: as stored), and whether
             tensorflow-datasets may download.
+        channels: 1 or 3 to convert the images (grey to colour repeats the
+            channel; colour to grey takes the luma), None to keep them.
     """
     if name == "multi_mnist":
         from caps_zoo.data import multi_mnist
@@ -411,6 +417,8 @@ def load(
             if value is not None:
                 raise ValueError(f"'{option}' does not apply to 'multi_mnist' ({hint}); got {value!r}.")
         _refuse_source_options_for_pairs(image_size, download)
+        if channels is not None:
+            raise ValueError(f"'channels' does not apply to 'multi_mnist' (grey pairs); got {channels!r}.")
         return multi_mnist.load(
             split, batch_size=batch_size, seed=seed,
             max_shift=multi_mnist.DEFAULT_MAX_SHIFT if max_shift is None else max_shift,
@@ -431,7 +439,9 @@ def load(
     if shift_pixels < 0:
         raise ValueError(f"shift_pixels must be >= 0, got {shift_pixels}.")
 
-    images = as_float_images(images)
+    from caps_zoo.data import resizing
+
+    images = resizing.convert_channels(as_float_images(images), channels)
     if binarize == "fixed":
         images = binarize_fixed(images)
     elif binarize == "threshold":

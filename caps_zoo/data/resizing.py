@@ -59,3 +59,26 @@ def resize_arrays(images, image_size):
     resized = (np.concatenate(chunks) if chunks
                else np.zeros((0, *image_size, stacked.shape[-1]), np.uint8))
     return resized[..., 0] if grey else resized
+
+
+# ITU-R 601 luma, as tf.image.rgb_to_grayscale weighs the channels.
+LUMA_WEIGHTS = (0.2989, 0.5870, 0.1140)
+
+
+def convert_channels(images, channels):
+    """Float images ``(n, h, w, c)`` with ``channels`` channels: grey to
+    colour repeats the channel (what a colour model trained elsewhere sees of
+    MNIST), colour to grey takes the luma (``tf.image.rgb_to_grayscale``'s
+    weights); None, or the channels they have, leaves them as they are."""
+    if channels is None:
+        return images
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be None, 1 (grey) or 3 (colour); got {channels!r}.")
+    have = images.shape[-1]
+    if have == channels:
+        return images
+    if have == 1:
+        return np.repeat(images, 3, axis=-1)
+    if have == 3:
+        return (images @ np.asarray(LUMA_WEIGHTS, dtype=images.dtype))[..., None]
+    raise ValueError(f"cannot convert images of {have} channels to {channels}: expected 1 or 3 channels.")
