@@ -141,12 +141,19 @@ def make_strategy():
 def barrier(strategy):
     """Return once every worker has called it (an all-reduce of one number)."""
 
-    @tf.function  # run eagerly, a strategy warns of its overhead
+    @tf.function  # traced: run eagerly, strategy.run warns of its per-call overhead
     def all_reduce_one():
         ones = strategy.run(lambda: tf.constant(1.0))
         return strategy.reduce(tf.distribute.ReduceOp.SUM, ones, axis=None)
 
     all_reduce_one().numpy()
+
+
+# How a lost peer surfaces in a collective op: Unavailable mostly (a closed
+# connection), DeadlineExceeded / Cancelled / Aborted from a barrier or an
+# all-reduce that the cluster gave up on.
+PEER_LOST = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
+             tf.errors.AbortedError)
 
 
 @contextlib.contextmanager
@@ -162,7 +169,7 @@ def worker_run_dir(run_dir, strategy):
     try:
         barrier(strategy)
         yield worker_dir
-    except tf.errors.UnavailableError as error:
+    except PEER_LOST as error:
         raise RuntimeError(
             f"a worker of the cluster stopped ({type(error).__name__}); restart every worker with the same "
             f"command (TF_CONFIG unchanged): the run resumes from the last epoch backed up in {run_dir}."
