@@ -15,6 +15,7 @@ default, ``caps_zoo/__init__.py``); a user who sets 0 or 1 sees everything,
 and nothing is filtered when TensorFlow was imported before the zoo.
 """
 
+import contextlib
 import os
 import re
 import sys
@@ -30,6 +31,8 @@ NOISE = re.compile(
     r"|^To enable the following instructions:"
     r"|^E\d{4} .*cuda_platform\.cc:\d+\] failed call to cuInit: INTERNAL: CUDA error: "
     r"Failed call to cuInit: UNKNOWN ERROR \(303\)$"
+    # LiteRT's notice on its first run of a model (export.tflite_predict).
+    r"|^INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.$"
 )
 
 
@@ -46,11 +49,15 @@ def kept_lines(text):
     return [line for line in text.splitlines() if line.strip() and not NOISE.search(line)]
 
 
-def import_tensorflow():
-    if "tensorflow" in sys.modules or not filtering():
-        import tensorflow as tf
-
-        return tf
+@contextlib.contextmanager
+def filtered_stderr():
+    """File descriptor 2 (where C++ writes) through a pipe, for the block:
+    every line that is not a start-up notice is written back as it comes
+    (line by line, so that a crash inside still shows what came before).
+    Does nothing at TF_CPP_MIN_LOG_LEVEL below 2."""
+    if not filtering():
+        yield
+        return
     sys.stderr.flush()
     saved = os.dup(2)
     reading, writing = os.pipe()
@@ -58,8 +65,6 @@ def import_tensorflow():
     os.close(writing)
 
     def forward():
-        # Line by line as they come, so that a crash during the import (a
-        # fatal CHECK, an illegal instruction) still shows what came before.
         with os.fdopen(reading, "rb") as stream:
             for raw in stream:
                 if kept_lines(raw.decode("utf-8", errors="replace")):
@@ -68,12 +73,21 @@ def import_tensorflow():
     forwarder = threading.Thread(target=forward, name="caps_zoo-quiet-start", daemon=True)
     forwarder.start()
     try:
-        import tensorflow as tf
-
-        tf.config.list_physical_devices()  # the CUDA probe, caught too
+        yield
     finally:
         sys.stderr.flush()
         os.dup2(saved, 2)  # the pipe's last writer closes: the forwarder ends
         forwarder.join(timeout=10)
         os.close(saved)
+
+
+def import_tensorflow():
+    if "tensorflow" in sys.modules:
+        import tensorflow as tf
+
+        return tf
+    with filtered_stderr():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()  # the CUDA probe, caught too
     return tf

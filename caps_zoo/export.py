@@ -59,6 +59,7 @@ import tensorflow as tf
 
 import caps_zoo
 from caps_zoo import checks, pretrained_files, registry
+from caps_zoo import _quiet_start
 from caps_zoo.files import sha256_of
 from caps_zoo import weights as weights_io
 from caps_zoo.models.base import ZooModel
@@ -178,6 +179,11 @@ def tflite_predict(path, images=None, signature=None, **inputs):
     Inputs by name (``images=``, ``noise=``); ``signature`` defaults to the
     file's only one.
     """
+    with _quiet_start.filtered_stderr():  # LiteRT's "Created ... XNNPACK delegate" notice
+        return _tflite_predict(path, images, signature, **inputs)
+
+
+def _tflite_predict(path, images, signature, **inputs):
     # Imported here: LiteRT is needed only to run flatbuffers, not to import caps_zoo.
     from ai_edge_litert.interpreter import Interpreter
 

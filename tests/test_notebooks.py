@@ -33,8 +33,6 @@ MAX_BYTES = 500_000
 NOT_YET_EXECUTED = {
     # Someone executes it once RCN's pretrained weights ship (its training is under way).
     "rcn.ipynb": "rcn's pretrained weights are not shipped yet; executed with outputs once they are",
-    # Committed without outputs; to be executed and committed with them.
-    "quickstart.ipynb": "committed without outputs; to be executed in place and committed",
 }
 
 # An absolute path of the machine that executed the notebook: temporary

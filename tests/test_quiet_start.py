@@ -28,6 +28,12 @@ def test_startup_notices_are_dropped_and_errors_kept():
     assert kept == [error, driver, warning, "Traceback (most recent call last):"]
 
 
+def test_litert_notice_is_dropped_and_its_errors_kept():
+    notice = "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+    error = "ERROR: Didn't find op for builtin opcode 'CONV_2D' version '7'."
+    assert _quiet_start.kept_lines("\n".join([notice, error])) == [error]
+
+
 def test_filtering_follows_tf_cpp_min_log_level(monkeypatch):
     for value, expected in (("2", True), ("3", True), ("0", False), ("1", False), ("x", False)):
         monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", value)
