@@ -460,7 +460,9 @@ def stage_and_measure(args, run, staging, shipped_weights_name):
     (run_dir, config, overrides, rule, best, finished, log, log_text, model_weights, weights_name,
      epochs_completed, wall_hours, phases) = dataclasses.astuple(run)
     # Epochs before this run's first (--continued-from), counted in its plan.
-    epochs_planned = config["epochs"] + (phases[0]["epochs"] if phases else 0)
+    # (the earlier phase's epochs done, not its plan: a phase that was cut
+    # short plans no more epochs)
+    epochs_planned = config["epochs"] + (phases[0]["epochs_completed"] if phases else 0)
     with tempfile.TemporaryDirectory() as scratch:
         copy = Path(scratch) / weights_name
         copy.write_bytes(model_weights)

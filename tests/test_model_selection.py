@@ -349,6 +349,10 @@ def test_ship_a_second_phase_counts_both_phases(tiny_mnist, scratch_saved_models
     training.train(gran_config(first, epochs=2))
     training.train(gran_config(second, epochs=3, learning_rate=1e-4, init_weights=str(first / "final.weights.npz")),
                    callbacks=[ScriptedMetric("val_real_accuracy", [0.5, 0.9, 0.7], second)])
+    # The first phase planned more epochs than it ran (stopped for the budget):
+    # the plan counts the epochs it did.
+    config = json.loads((first / "config.json").read_text())
+    (first / "config.json").write_text(json.dumps({**config, "epochs": 30}))
     with pytest.raises(SystemExit):  # the folder it did not start from
         ship(second, "--continued-from", str(second))
     assert "did not start from weights in that folder" in capsys.readouterr().err
