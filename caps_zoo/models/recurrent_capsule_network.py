@@ -299,7 +299,7 @@ class RecurrentCapsuleNetwork(ClassAccuracy, RecurrentWriter):
 RCN_CONFIG = {}
 
 
-@register_model(paper=PAPER, pretrained=())
+@register_model(paper=PAPER, pretrained=("mnist",))
 def rcn(**overrides):
     """RCN: DRAW with a capsule encoder (classifies) and a capsule decoder per step, T = 10."""
     return build_compiled(RecurrentCapsuleNetwork, "rcn", RCN_CONFIG, overrides)
