@@ -129,12 +129,24 @@ def export_saved_model(model, directory, version=1, overwrite=False):
     staging = Path(tempfile.mkdtemp(prefix=f".tmp-{version_dir.name}-", dir=model_dir))
     try:
         _write_saved_model(model, staging)
-        if version_dir.exists():
-            shutil.rmtree(version_dir)
-        os.replace(staging, version_dir)
+        _replace_folder(staging, version_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return version_dir
+
+
+def _replace_folder(staging, target):
+    """Put the finished folder ``staging`` at ``target``. An old ``target``
+    is renamed aside first and deleted only once the new one is in place, so
+    that a kill at any moment leaves the old folder or the new one (the old
+    one possibly under a hidden ``.old-`` name beside it), never neither."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".old-{target.name}-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(staging, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def load_saved_model_signature(version_dir, name="serving_default"):
@@ -320,9 +332,7 @@ def save_preset(model, path, metadata=None, dtype="float32", overwrite=False):
         config["weights_sha256"] = sha256_of(staging / PRESET_WEIGHTS)
         (staging / PRESET_METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
         (staging / PRESET_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(staging, path)
+        _replace_folder(staging, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path

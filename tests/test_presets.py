@@ -1,6 +1,7 @@
 """Preset folders: caps_zoo.export.save_preset writes one, caps_zoo.load(folder) rebuilds it."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -186,3 +187,30 @@ def test_save_preset_refusals(small_capsnet, preset, tmp_path):
     with pytest.raises(ValueError, match="was not built by caps_zoo.create_model"):
         export.save_preset(unregistered, tmp_path / "p3")
     assert not [path.name for path in tmp_path.iterdir() if path.name.startswith(".tmp-")]
+
+
+def test_an_overwrite_cut_short_keeps_the_old_preset(small_capsnet, preset, monkeypatch):
+    """The old folder is renamed aside before the new one moves in and deleted
+    only after: a failure (a kill) between the two leaves the old preset,
+    whole, under a hidden name beside it; a finished overwrite leaves nothing else."""
+    import os
+
+    before = (preset / export.PRESET_CONFIG).read_text()
+    real_replace = os.replace
+
+    def failing_move_in(source, target):
+        if Path(target) == preset:  # the new folder's move into place
+            raise OSError("killed")
+        return real_replace(source, target)
+
+    monkeypatch.setattr(export.os, "replace", failing_move_in)
+    with pytest.raises(OSError, match="killed"):
+        export.save_preset(small_capsnet, preset, overwrite=True)
+    monkeypatch.setattr(export.os, "replace", real_replace)
+    (kept,) = [path for path in preset.parent.iterdir() if path.name.startswith(".old-preset-")]
+    assert (kept / export.PRESET_CONFIG).read_text() == before
+    assert caps_zoo.load(kept).count_params() == small_capsnet.count_params()
+
+    export.save_preset(small_capsnet, preset, overwrite=True)
+    leftovers = {path.name for path in preset.parent.iterdir()} - {"preset", kept.name}
+    assert not leftovers, leftovers
