@@ -282,10 +282,15 @@ def test_metrics_are_the_declared_terms_and_loss_is_their_sum(name_and_batch):
 CALLBACK_CASES = ("capsnet", "draw", "gran1", "cvgan", "cv_vae", "rcn")
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=[pytest.mark.xdist_group(f"family-{name}"),
-                              *([] if name in CALLBACK_CASES else [pytest.mark.slow])])
-    for name in sorted(CASES)])
+def default_run_only(names):
+    """Every case as a pytest param, those not in ``names`` marked slow (each
+    in its family's xdist group, as ``case_params``)."""
+    return [pytest.param(name, marks=[pytest.mark.xdist_group(f"family-{name}"),
+                                      *([] if name in names else [pytest.mark.slow])])
+            for name in sorted(CASES)]
+
+
+@pytest.mark.parametrize("name", default_run_only(CALLBACK_CASES))
 def test_keras_callbacks_with_their_default_monitor_act(name, mnist_batch, tmp_path):
     """EarlyStopping and ModelCheckpoint(save_best_only=True) watch val_loss
     by default: every family logs it (GANs too), so they act instead of
@@ -509,10 +514,7 @@ def test_sampling_counts_below_one_are_refused(name):
             model.sample(n, steps=steps)
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=[pytest.mark.xdist_group(f"family-{name}"),
-                              *([] if name in CALLBACK_CASES else [pytest.mark.slow])])
-    for name in sorted(CASES)])
+@pytest.mark.parametrize("name", default_run_only(CALLBACK_CASES))
 def test_an_untrained_compiled_model_saves_and_loads_without_optimizer_warnings(name, tmp_path):
     """A .keras file of a compiled, never trained model loads silently: the
     zoo builds the optimizers' slots at compile time, so the saved and the
@@ -537,10 +539,7 @@ def test_an_untrained_compiled_model_saves_and_loads_without_optimizer_warnings(
 MIXED_FLOAT16_CASES = ("capsnet", "draw", "gran1", "rcn")
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=[pytest.mark.xdist_group(f"family-{name}"),
-                              *([] if name in MIXED_FLOAT16_CASES else [pytest.mark.slow])])
-    for name in sorted(CASES)])
+@pytest.mark.parametrize("name", default_run_only(MIXED_FLOAT16_CASES))
 def test_mixed_float16_training_steps_are_finite_and_loss_scaled(name, mnist_batch):
     """Under mixed_float16 (what GPU users run) every optimizer of the model
     scales its loss, and two train steps give finite losses and weights."""
@@ -561,10 +560,7 @@ def test_mixed_float16_training_steps_are_finite_and_loss_scaled(name, mnist_bat
 CIFAR_CASES = ("capsnet", "draw", "gran1", "cv_vae", "rcn")
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=[pytest.mark.xdist_group(f"family-{name}"),
-                              *([] if name in CIFAR_CASES else [pytest.mark.slow])])
-    for name in sorted(CASES)])
+@pytest.mark.parametrize("name", default_run_only(CIFAR_CASES))
 def test_every_family_trains_on_32x32x3_cifar10_through_tfds(name, tmp_path, monkeypatch):
     """image_shape is an argument everywhere: each family builds at CIFAR-10's
     32x32x3 and trains two steps on it, read through tensorflow-datasets

@@ -92,6 +92,13 @@ def test_notebooks_exist():
     assert "generators.ipynb" not in names  # split into writers.ipynb and gran.ipynb
 
 
+def _outputs(notebook_path):
+    """``(index, output)`` of every output of the notebook's code cells (0-based cell index)."""
+    for index, cell in enumerate(_code_cells(_read(notebook_path))):
+        for output in cell.get("outputs", []):
+            yield index, output
+
+
 def test_small_enough(notebook_path):
     size = notebook_path.stat().st_size
     assert size < MAX_BYTES, (
@@ -101,13 +108,11 @@ def test_small_enough(notebook_path):
 
 
 def test_no_error_outputs(notebook_path):
-    notebook = _read(notebook_path)
-    for index, cell in enumerate(_code_cells(notebook)):
-        for output in cell.get("outputs", []):
-            assert output.output_type != "error", (
-                f"{notebook_path.name}, code cell {index + 1}: committed with an error "
-                f"({output.get('ename')}: {output.get('evalue')}); fix it and execute the notebook again."
-            )
+    for index, output in _outputs(notebook_path):
+        assert output.output_type != "error", (
+            f"{notebook_path.name}, code cell {index + 1}: committed with an error "
+            f"({output.get('ename')}: {output.get('evalue')}); fix it and execute the notebook again."
+        )
 
 
 def test_committed_with_outputs(notebook_path):
@@ -135,19 +140,17 @@ def test_committed_with_outputs(notebook_path):
 
 def test_outputs_are_clean(notebook_path):
     """No warnings on stderr, no absolute paths of the machine that ran it."""
-    notebook = _read(notebook_path)
-    for index, cell in enumerate(_code_cells(notebook)):
-        for output in cell.get("outputs", []):
-            where = f"{notebook_path.name}, code cell {index + 1}"
-            if output.output_type == "stream":
-                assert output.name != "stderr", f"{where} wrote to stderr: {output.text[:500]!r}"
-            text = _output_text(output)
-            match = ABSOLUTE_PATH.search(text)
-            assert match is None, (
-                f"{where} prints an absolute path of the machine that ran it: "
-                f"{text[max(match.start() - 80, 0) : match.end() + 80]!r}"
-            )
-            assert "Traceback (most recent call last)" not in text, f"{where} shows a traceback"
+    for index, output in _outputs(notebook_path):
+        where = f"{notebook_path.name}, code cell {index + 1}"
+        if output.output_type == "stream":
+            assert output.name != "stderr", f"{where} wrote to stderr: {output.text[:500]!r}"
+        text = _output_text(output)
+        match = ABSOLUTE_PATH.search(text)
+        assert match is None, (
+            f"{where} prints an absolute path of the machine that ran it: "
+            f"{text[max(match.start() - 80, 0) : match.end() + 80]!r}"
+        )
+        assert "Traceback (most recent call last)" not in text, f"{where} shows a traceback"
 
 
 def test_displays_something_heuristic():
