@@ -15,6 +15,8 @@ from caps_zoo.training import TrainConfig, recipe_argument_parser, run_recipe
 
 MODELS = ("cv_vae", "vq_vae", "cv_vae_reference", "continuous_ae", "cvgan", "vqgan")
 
+GAN_DISCRIMINATOR_START = 860
+
 DEFAULTS = TrainConfig(
     model="cv_vae",
     epochs=2,
@@ -33,18 +35,23 @@ DEFAULTS = TrainConfig(
 
 def parse_args(argv=None):
     parser = recipe_argument_parser(__doc__.splitlines()[0], DEFAULTS, MODELS)
+    # The model's default (2000 steps) would never start the discriminator in
+    # this budget (2 epochs of 860 steps): the recipe starts it after the
+    # first epoch, so the GANs train adversarially for the second half.
     parser.add_argument("--discriminator-start", type=int,
-                        help="GANs: generator steps before the GAN terms count (2000)")
+                        help="GANs: generator steps before the GAN terms count; None: "
+                             f"{GAN_DISCRIMINATOR_START}, one epoch of 55,000 images at batch 64")
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     overrides = {}
-    if args.discriminator_start is not None:
-        if not args.model.endswith("gan"):
-            raise SystemExit(f"--discriminator-start is for the GANs (cvgan, vqgan), not {args.model}.")
-        overrides["discriminator_start"] = args.discriminator_start
+    if args.discriminator_start is not None and not args.model.endswith("gan"):
+        raise SystemExit(f"--discriminator-start is for the GANs (cvgan, vqgan), not {args.model}.")
+    if args.model.endswith("gan"):
+        overrides["discriminator_start"] = (GAN_DISCRIMINATOR_START if args.discriminator_start is None
+                                            else args.discriminator_start)
     return run_recipe(args, overrides)
 
 
