@@ -22,12 +22,13 @@ import json
 import math
 from pathlib import Path
 
-import caps_zoo
-from caps_zoo import data, metrics
+from caps_zoo import data_options
 
 
 def load_model(name, weights):
     """Every model the recipe uses is loaded here (the tests put stand-ins here)."""
+    import caps_zoo  # here, not at the top: --help must not import TensorFlow (issue 15)
+
     return caps_zoo.load(name, weights=weights)
 
 
@@ -38,10 +39,11 @@ def main(argv=None):
     parser.add_argument("--weights", nargs="+", metavar="TAG_OR_PATH",
                         help="one for all GANs, or one per GAN (default: the dataset's tag)")
     parser.add_argument("--dataset", default="mnist", 
-                        choices=[name for name in data.DATASETS if name != "mnist_sample"])
+                        choices=[name for name in data_options.DATASETS if name != "mnist_sample"])
     parser.add_argument("--samples", type=int, default=10000, help="samples per generator")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tolerance", type=float, default=metrics.DEFAULT_TOLERANCE,
+    # None: metrics.DEFAULT_TOLERANCE, read once TensorFlow may be imported (below).
+    parser.add_argument("--tolerance", type=float,
                         help="r_test counts as ~= 1 if |r_test - 1| <= this (eq. 11)")
     parser.add_argument("--versus", action="append", default=[], metavar="MODEL[=WEIGHTS]",
                         help="a non-adversarial model (e.g. draw) whose samples each GAN's "
@@ -56,6 +58,11 @@ def main(argv=None):
                      f"got {len(weights)}")
     if len(weights) == 1:
         weights = weights * len(args.models)
+    # after parse_args: --help (and a wrong command) must not import TensorFlow (issue 15)
+    from caps_zoo import data, metrics
+
+    if args.tolerance is None:
+        args.tolerance = metrics.DEFAULT_TOLERANCE
 
     gans = [_load(spec, default) for spec, default in zip(args.models, weights)]
     labels = _labels(gans)

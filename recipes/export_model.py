@@ -14,9 +14,6 @@ import argparse
 
 import numpy as np
 
-import caps_zoo
-from caps_zoo import data, export
-
 TOLERANCE = 1e-5
 
 
@@ -32,6 +29,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not (args.saved_model_dir or args.tflite):
         parser.error("give --saved-model-dir, --tflite, or both")
+    # after parse_args: --help must not import TensorFlow (issue 15)
+    import caps_zoo
+    from caps_zoo import export
 
     # Each stage takes seconds to a minute (draw: ~45 s in all, tracing its
     # 64-step graphs): say what is going on.
@@ -69,6 +69,8 @@ def main(argv=None):
 def example_inputs(input_signature, count=16):
     """Real MNIST test images for ``images`` (binarized for the generative
     models, which take noise too), fixed N(0, 1) draws for ``noise``."""
+    from caps_zoo import data  # here, not at the top: --help must not import TensorFlow (issue 15)
+
     names = [spec.name for spec in input_signature]
     inputs = {}
     for spec in input_signature:

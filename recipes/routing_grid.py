@@ -14,7 +14,7 @@ those weights. Run the same command again to resume a half-done grid (see
 
 from pathlib import Path
 
-from caps_zoo.training import TrainConfig, recipe_argument_parser
+from caps_zoo.training_config import TrainConfig, config_from_args, recipe_argument_parser
 
 # The grid's budget: reduced (16 trainings), the same for every cell.
 DEFAULTS = TrainConfig(
@@ -38,8 +38,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    # after parse_args: --help must not import TensorFlow (issue 15)
     from caps_zoo import routing_grid
-    from caps_zoo.training import config_from_args, use_logical_cpus
+    from caps_zoo.training import use_logical_cpus
 
     use_logical_cpus(args.logical_cpus)
     # --test-limit: the cells' one test evaluation (training never sees the test split).

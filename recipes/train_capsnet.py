@@ -25,7 +25,7 @@ trains on fresh pairs every epoch, and selects on ``val_pair_accuracy``
     python recipes/train_capsnet.py --model deep_capsnet --dataset multi_mnist --validation ...
 """
 
-from caps_zoo.training import TRAINING_DATASETS, TrainConfig, recipe_argument_parser, run_recipe
+from caps_zoo.training_config import TRAINING_DATASETS, TrainConfig, recipe_argument_parser
 
 # TrainConfig's defaults are CapsNet's; with --validation, the shipped epoch
 # is the one of the highest validation accuracy.
@@ -59,6 +59,9 @@ PAIR_MODEL = dict(image_shape=(36, 36, 1), digits_per_image=2)
 
 def main(argv=None):
     args = parse_args(argv)
+    # after parse_args: --help must not import TensorFlow (issue 15)
+    from caps_zoo.training import run_recipe
+
     if args.dataset != "multi_mnist":
         return run_recipe(args)
     for name, value in PAIRS.items():

@@ -11,7 +11,7 @@ selected on the same number, which their adversarial terms do not enter.
 Run the same command again to resume.
 """
 
-from caps_zoo.training import TrainConfig, recipe_argument_parser, run_recipe
+from caps_zoo.training_config import TrainConfig, recipe_argument_parser
 
 MODELS = ("cv_vae", "vq_vae", "cv_vae_reference", "continuous_ae", "cvgan", "vqgan")
 
@@ -46,6 +46,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    # after parse_args: --help must not import TensorFlow (issue 15)
+    from caps_zoo.training import run_recipe
+
     overrides = {}
     if args.discriminator_start is not None and not args.model.endswith("gan"):
         raise SystemExit(f"--discriminator-start is for the GANs (cvgan, vqgan), not {args.model}.")

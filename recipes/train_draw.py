@@ -16,7 +16,7 @@ the fixed binarization of the last 5,000) in ``best.weights.npz`` for
 ``ship_weights.py``; the test split is not evaluated until it ships.
 """
 
-from caps_zoo.training import TrainConfig, recipe_argument_parser, run_recipe
+from caps_zoo.training_config import TrainConfig, recipe_argument_parser
 
 # The models this recipe's data, augmentation and selection are for.
 MODELS = ("draw", "dcrw", "dcrw_no_read_attention")
@@ -63,6 +63,9 @@ def model_overrides(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    # after parse_args: --help must not import TensorFlow (issue 15)
+    from caps_zoo.training import run_recipe
+
     return run_recipe(args, model_overrides(args))
 
 

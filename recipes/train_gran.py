@@ -22,10 +22,7 @@ split, is left to ``ship_weights.py``, so that the test split is seen once.
 import json
 from pathlib import Path
 
-import caps_zoo
-from caps_zoo import metrics, multi_worker
-from caps_zoo.training import (METRICS, TrainConfig, recipe_argument_parser, run_recipe, sample_count,
-                               write_json_atomically)
+from caps_zoo.training_config import TrainConfig, recipe_argument_parser, sample_count
 
 # The models this recipe's data, augmentation and selection are for.
 MODELS = ("gran1", "gran3", "gran5")
@@ -68,6 +65,12 @@ def model_overrides(args):
 
 def add_frechet_distance(run_dir, n_samples):
     """Measure the finished run's Frechet distance and add it to its metrics.json."""
+    # here, not at the top: --help must not import TensorFlow (issue 15)
+    import caps_zoo
+    from caps_zoo import metrics
+    from caps_zoo.files import write_json_atomically
+    from caps_zoo.training import METRICS
+
     run_dir = Path(run_dir)
     config = json.loads((run_dir / "config.json").read_text())
     model = caps_zoo.load(config["model"], weights=str(run_dir / "final.weights.npz"),
@@ -83,6 +86,10 @@ def add_frechet_distance(run_dir, n_samples):
 
 def main(argv=None):
     args = parse_args(argv)
+    # after parse_args: --help must not import TensorFlow (issue 15)
+    from caps_zoo import multi_worker
+    from caps_zoo.training import METRICS, run_recipe
+
     overrides = model_overrides(args)
     # The distance is to the test split: a validation run leaves it to
     # ship_weights.py, which measures the shipped weights once.

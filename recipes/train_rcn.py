@@ -12,7 +12,7 @@ validation loss (``val_loss``: the weighted margin loss + the bound) in
 ``best.weights.npz`` for ``ship_weights.py``.
 """
 
-from caps_zoo.training import TrainConfig, recipe_argument_parser, run_recipe
+from caps_zoo.training_config import TrainConfig, recipe_argument_parser
 
 # The models this recipe's data, augmentation and selection are for.
 MODELS = ("rcn", "rcn_no_write_attention")
@@ -58,6 +58,9 @@ def model_overrides(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    # after parse_args: --help must not import TensorFlow (issue 15)
+    from caps_zoo.training import run_recipe
+
     return run_recipe(args, model_overrides(args))
 
 

@@ -11,6 +11,17 @@ def capsnet():
     return caps_zoo.create_model("capsnet")
 
 
+def test_the_top_level_names_resolve_on_first_use():
+    """caps_zoo/__init__ imports nothing (issue 15); its names come on first use."""
+    for name in caps_zoo.__all__:
+        assert getattr(caps_zoo, name) is not None, name
+    assert caps_zoo.load is registry.load and caps_zoo.list_models is registry.list_models
+    assert caps_zoo.training.TrainConfig is caps_zoo.training_config.TrainConfig  # any submodule
+    assert set(caps_zoo.__all__) <= set(dir(caps_zoo))
+    with pytest.raises(AttributeError, match="no attribute 'no_such_thing'"):
+        caps_zoo.no_such_thing
+
+
 def test_list_models_and_patterns():
     assert {"capsnet", "deep_capsnet"} <= set(caps_zoo.list_models())
     assert caps_zoo.list_models("deep*") == ["deep_capsnet"]

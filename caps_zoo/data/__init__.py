@@ -72,8 +72,21 @@ import difflib
 import os
 from pathlib import Path
 
+from caps_zoo import _quiet_tensorflow  # noqa: F401  (first: TensorFlow's start-up chatter hidden)
+
 import numpy as np
 import tensorflow as tf
+
+# The datasets, splits and binarizations by name, and the validation size:
+# defined without TensorFlow, for the recipes' parsers (issue 15).
+from caps_zoo.data_options import (  # noqa: F401  (caps_zoo.data's names too)
+    BINARIZATIONS,
+    DATASETS,
+    GENERATED_DATASETS,
+    SPLITS,
+    VALIDATION_SIZE,
+    check_binarize,
+)
 
 DATA_ENV = "CAPS_ZOO_DATA"
 SAMPLE_PATH = Path(__file__).resolve().parent / "mnist_test_sample.npz"
@@ -85,12 +98,7 @@ _KERAS_LOADERS = {
 # The named datasets' tensorflow-datasets names: their last source (cifar10's
 # only one after a local npz).
 _TFDS_NAMES = {"mnist": "mnist", "fashion_mnist": "fashion_mnist", "cifar10": "cifar10"}
-DATASETS = ("mnist", "fashion_mnist", "cifar10", "mnist_sample")
 TFDS_PREFIX = "tfds:"  # "tfds:<name>": any image dataset of tensorflow-datasets
-GENERATED_DATASETS = ("multi_mnist",)  # pipelines only (load, num_examples): no arrays
-SPLITS = ("train", "validation", "test")
-VALIDATION_SIZE = 5000  # the last 5,000 training images; MNIST keeps 55,000 to train on
-BINARIZATIONS = ("stochastic", "fixed", "threshold")
 FIXED_BINARIZATION_SEED = 20151104
 
 
@@ -331,12 +339,6 @@ def _random_shift(image, max_shift, seed):
         (2,), seed=seed, minval=0, maxval=2 * max_shift + 1, dtype=tf.int32
     )
     return tf.slice(padded, [offsets[0], offsets[1], 0], [size[0], size[1], -1])
-
-
-def check_binarize(binarize):
-    """Raise ``ValueError`` unless ``binarize`` is None or one of ``BINARIZATIONS``."""
-    if binarize not in (None,) + BINARIZATIONS:
-        raise ValueError(f"binarize must be None or one of {BINARIZATIONS}, got {binarize!r}.")
 
 
 def _bernoulli(image, seed):
