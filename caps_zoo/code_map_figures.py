@@ -4,6 +4,7 @@ code map of an image drawn over it (issue 12's figures).
     from caps_zoo import code_map_figures
 
     code_map_figures.reconstruction_pairs(images, model.reconstruct(images), "pairs.png")
+    code_map_figures.reconstructions_by_model(images[:8], {"vq_vae": ..., "cv_vae": ...}, "rows.png")
     maps = model.encode_codes(images)["codes"]                   # (n, 8, 8)
     code_map_figures.code_map_overlay(images, maps, num_codes=16, path="codes.png")
 
@@ -41,6 +42,34 @@ def reconstruction_pairs(images, reconstructions, path=None, columns=8, title=No
         axes[row, 2 * column].imshow(image, cmap="gray", vmin=0, vmax=1)
         axes[row, 2 * column + 1].imshow(reconstruction, cmap="magma", vmin=0, vmax=1)
     return finish_figure(figure, title or "inputs (grey) beside reconstructions", path)
+
+
+def reconstructions_by_model(images, reconstructions, path=None, title=None):
+    """The same inputs (top row, grey) and, one row each, every model's
+    reconstructions of them: ``reconstructions`` maps a row label (a model's
+    name) to ``(n, h, w, 1)`` in [0, 1], in the rows' order. With ``path``:
+    saves a PNG and returns ``path``; without, returns the figure."""
+    images = grey_images(images, "images")
+    if not reconstructions:
+        raise ValueError("reconstructions: expected at least one model's reconstructions; got none.")
+    rows = {label: grey_images(values, f"reconstructions of {label}") for label, values in reconstructions.items()}
+    for label, values in rows.items():
+        if values.shape != images.shape:
+            raise ValueError(f"reconstructions of {label}: expected the images' shape {images.shape}; "
+                             f"got {values.shape}.")
+    labels = ["input", *rows]
+    figure = Figure(figsize=(len(images) * 0.7 + 1.4, len(labels) * 0.75 + 0.4))
+    axes = np.atleast_2d(figure.subplots(len(labels), len(images), squeeze=False))
+    for row, (label, values) in enumerate(zip(labels, [images, *rows.values()])):
+        for column, image in enumerate(values):
+            axis = axes[row, column]
+            axis.imshow(image, cmap="gray" if row == 0 else "magma", vmin=0, vmax=1)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            for spine in axis.spines.values():
+                spine.set_visible(False)
+        axes[row, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
+    return finish_figure(figure, title or "the same test inputs through each model", path)
 
 
 def code_cells(codes, image_shape, padded_size):

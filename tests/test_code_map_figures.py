@@ -35,3 +35,18 @@ def test_figures_save_and_refuse_bad_inputs(tmp_path):
         code_map_figures.code_map_overlay(images, codes[:3], 16)
     with pytest.raises(ValueError, match="same shape"):
         code_map_figures.reconstruction_pairs(images, images[:3])
+
+
+def test_reconstructions_by_model_draws_a_row_per_model_and_refuses_bad_inputs(tmp_path):
+    images, _ = data.load_arrays("mnist_sample", "test")
+    images = data.as_float_images(images[:5])
+    path = code_map_figures.reconstructions_by_model(
+        images, {"a": images[::-1], "b": 1 - images}, tmp_path / "rows.png")
+    assert path.stat().st_size > 3000
+    figure = code_map_figures.reconstructions_by_model(images, {"a": images})
+    labels = [axis.get_ylabel() for axis in figure.axes if axis.get_ylabel()]
+    assert labels == ["input", "a"] and len(figure.axes) == 2 * 5
+    with pytest.raises(ValueError, match="at least one model"):
+        code_map_figures.reconstructions_by_model(images, {})
+    with pytest.raises(ValueError, match="reconstructions of b: expected the images' shape"):
+        code_map_figures.reconstructions_by_model(images, {"a": images, "b": images[:2]})
