@@ -27,8 +27,6 @@ images).
 
 import numbers
 
-from caps_zoo import _quiet_tensorflow  # noqa: F401  (first: TensorFlow's start-up chatter hidden)
-
 import keras
 import numpy as np
 import tensorflow as tf

@@ -53,8 +53,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from caps_zoo import _quiet_tensorflow  # noqa: F401  (first: TensorFlow's start-up chatter hidden)
-
 import keras
 import numpy as np
 import tensorflow as tf

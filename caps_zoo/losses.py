@@ -4,8 +4,6 @@ Each returns one value per example; models average them and decide how to
 scale for ``tf.distribute`` (see ``caps_zoo.models.base``).
 """
 
-from caps_zoo import _quiet_tensorflow  # noqa: F401  (first: TensorFlow's start-up chatter hidden)
-
 import keras
 from keras import ops
 

@@ -49,8 +49,6 @@ with these. Results name the classifier, its weights and the feature.
 import dataclasses
 import math
 
-from caps_zoo import _quiet_tensorflow  # noqa: F401  (first: TensorFlow's start-up chatter hidden)
-
 import keras
 import numpy as np
 

@@ -50,8 +50,6 @@ import shutil
 import warnings
 from pathlib import Path
 
-from caps_zoo import _quiet_tensorflow  # noqa: F401  (first: TensorFlow's start-up chatter hidden)
-
 import keras
 import tensorflow as tf
 

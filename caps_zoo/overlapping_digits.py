@@ -8,8 +8,6 @@ reported beside it by some papers; it is a weaker score and not comparable
 with the paper's.
 """
 
-from caps_zoo import _quiet_tensorflow  # noqa: F401  (first: TensorFlow's start-up chatter hidden)
-
 import keras
 import tensorflow as tf
 

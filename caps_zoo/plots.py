@@ -34,8 +34,6 @@ neighbours come from ``caps_zoo.metrics.nearest_neighbours``.
     plots.nearest_neighbour_grid(samples, x_train, indices, distances, "neighbours.png")
 """
 
-from caps_zoo import _quiet_tensorflow  # noqa: F401  (first: TensorFlow's start-up chatter hidden)
-
 import numpy as np
 from matplotlib.figure import Figure
 

@@ -28,8 +28,6 @@ import os
 import secrets
 from pathlib import Path
 
-from caps_zoo import _quiet_tensorflow  # noqa: F401  (first: TensorFlow's start-up chatter hidden)
-
 import keras
 
 from caps_zoo import weights as weights_io

@@ -21,8 +21,6 @@ dataset mean of inf says that some reconstruction was exact.
 """
 
 import numpy as np
-from caps_zoo import _quiet_tensorflow  # noqa: F401  (first: TensorFlow's start-up chatter hidden)
-
 import tensorflow as tf
 
 from caps_zoo import checks

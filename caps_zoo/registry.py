@@ -46,16 +46,6 @@ class ModelSpec:
 _REGISTRY = {}
 
 
-def _registered():
-    """The registry, filled: every model module registers its models when
-    ``caps_zoo.models`` imports it, which ``import caps_zoo`` no longer does
-    (issue 15); every lookup comes here first, however this module was
-    reached (``from caps_zoo.registry import load`` too)."""
-    import caps_zoo.models  # noqa: F401  (a no-op once imported, or while it imports)
-
-    return _REGISTRY
-
-
 def register_model(paper, pretrained=(), name=None):
     """Register a builder ``fn(**overrides) -> keras.Model`` under its name."""
 
@@ -74,7 +64,7 @@ def register_model(paper, pretrained=(), name=None):
 
 def list_models(pattern=None, pretrained=False):
     """Sorted model names, optionally filtered by a glob ``pattern``."""
-    names = sorted(_registered())
+    names = sorted(_REGISTRY)
     if pattern:
         names = [n for n in names if fnmatch.fnmatch(n, pattern)]
     if pretrained:
@@ -83,7 +73,7 @@ def list_models(pattern=None, pretrained=False):
 
 
 def get_spec(name):
-    if name not in _registered():
+    if name not in _REGISTRY:
         close = difflib.get_close_matches(str(name), _REGISTRY, n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise KeyError(
@@ -145,7 +135,7 @@ def _names_a_folder(name):
     model, e.g. ./capsnet, needs the separator)."""
     if isinstance(name, os.PathLike):
         return True
-    return isinstance(name, str) and name not in _registered() and (
+    return isinstance(name, str) and name not in _REGISTRY and (
         os.sep in name or "/" in name or os.path.isdir(name))
 
 

@@ -1,7 +1,7 @@
 """Experiment config and the training loop every recipe calls.
 
 ``TrainConfig`` and the recipes' shared options (``recipe_argument_parser``)
-are defined in ``caps_zoo.training_config``, which imports no TensorFlow,
+are defined in ``caps_zoo_options.training``, which imports no TensorFlow,
 and are importable from here as well.
 
 A run directory holds everything a run writes, and is what makes it
@@ -44,8 +44,6 @@ import shutil
 import time
 from pathlib import Path
 
-from caps_zoo import _quiet_tensorflow  # noqa: F401  (first: TensorFlow's start-up chatter hidden)
-
 import keras
 import tensorflow as tf
 
@@ -55,7 +53,7 @@ from caps_zoo import weights as weights_io
 from caps_zoo.models.base import AdversarialModel, GenerativeModel
 # The config and the recipes' options, defined without TensorFlow (issue 15);
 # imported from here too, as before.
-from caps_zoo.training_config import (  # noqa: F401
+from caps_zoo_options.training import (  # noqa: F401
     LEARNING_RATE_SCHEDULES,
     PRECISIONS,
     SELECTION_MODES,

@@ -23,13 +23,17 @@ DEFAULT_OUTPUT = ROOT / "docs" / "api"
 
 
 def public_modules():
-    """``caps_zoo`` and every submodule whose dotted name has no ``_`` part."""
+    """``caps_zoo``, ``caps_zoo_options`` and every submodule of theirs whose
+    dotted name has no ``_`` part."""
     import caps_zoo
+    import caps_zoo_options
 
-    names = ["caps_zoo"]
-    for module in pkgutil.walk_packages(caps_zoo.__path__, prefix="caps_zoo."):
-        if not any(part.startswith("_") for part in module.name.split(".")):
-            names.append(module.name)
+    names = []
+    for package in (caps_zoo, caps_zoo_options):
+        names.append(package.__name__)
+        for module in pkgutil.walk_packages(package.__path__, prefix=f"{package.__name__}."):
+            if not any(part.startswith("_") for part in module.name.split(".")):
+                names.append(module.name)
     return sorted(names)
 
 

@@ -22,7 +22,7 @@ import json
 import math
 from pathlib import Path
 
-from caps_zoo import data_options
+from caps_zoo_options import datasets
 
 
 def load_model(name, weights):
@@ -39,7 +39,7 @@ def main(argv=None):
     parser.add_argument("--weights", nargs="+", metavar="TAG_OR_PATH",
                         help="one for all GANs, or one per GAN (default: the dataset's tag)")
     parser.add_argument("--dataset", default="mnist", 
-                        choices=[name for name in data_options.DATASETS if name != "mnist_sample"])
+                        choices=[name for name in datasets.DATASETS if name != "mnist_sample"])
     parser.add_argument("--samples", type=int, default=10000, help="samples per generator")
     parser.add_argument("--seed", type=int, default=0)
     # None: metrics.DEFAULT_TOLERANCE, read once TensorFlow may be imported (below).

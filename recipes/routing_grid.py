@@ -14,7 +14,7 @@ those weights. Run the same command again to resume a half-done grid (see
 
 from pathlib import Path
 
-from caps_zoo.training_config import TrainConfig, config_from_args, recipe_argument_parser
+from caps_zoo_options.training import TrainConfig, config_from_args, recipe_argument_parser
 
 # The grid's budget: reduced (16 trainings), the same for every cell.
 DEFAULTS = TrainConfig(

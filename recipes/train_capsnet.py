@@ -25,7 +25,7 @@ trains on fresh pairs every epoch, and selects on ``val_pair_accuracy``
     python recipes/train_capsnet.py --model deep_capsnet --dataset multi_mnist --validation ...
 """
 
-from caps_zoo.training_config import TRAINING_DATASETS, TrainConfig, recipe_argument_parser
+from caps_zoo_options.training import TRAINING_DATASETS, TrainConfig, recipe_argument_parser
 
 # TrainConfig's defaults are CapsNet's; with --validation, the shipped epoch
 # is the one of the highest validation accuracy.

@@ -11,7 +11,7 @@ selected on the same number, which their adversarial terms do not enter.
 Run the same command again to resume.
 """
 
-from caps_zoo.training_config import TrainConfig, recipe_argument_parser
+from caps_zoo_options.training import TrainConfig, recipe_argument_parser
 
 MODELS = ("cv_vae", "vq_vae", "cv_vae_reference", "continuous_ae", "cvgan", "vqgan")
 

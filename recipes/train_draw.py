@@ -16,7 +16,7 @@ the fixed binarization of the last 5,000) in ``best.weights.npz`` for
 ``ship_weights.py``; the test split is not evaluated until it ships.
 """
 
-from caps_zoo.training_config import TrainConfig, recipe_argument_parser
+from caps_zoo_options.training import TrainConfig, recipe_argument_parser
 
 # The models this recipe's data, augmentation and selection are for.
 MODELS = ("draw", "dcrw", "dcrw_no_read_attention")

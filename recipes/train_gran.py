@@ -22,7 +22,7 @@ split, is left to ``ship_weights.py``, so that the test split is seen once.
 import json
 from pathlib import Path
 
-from caps_zoo.training_config import TrainConfig, recipe_argument_parser, sample_count
+from caps_zoo_options.training import TrainConfig, recipe_argument_parser, sample_count
 
 # The models this recipe's data, augmentation and selection are for.
 MODELS = ("gran1", "gran3", "gran5")

@@ -12,7 +12,7 @@ validation loss (``val_loss``: the weighted margin loss + the bound) in
 ``best.weights.npz`` for ``ship_weights.py``.
 """
 
-from caps_zoo.training_config import TrainConfig, recipe_argument_parser
+from caps_zoo_options.training import TrainConfig, recipe_argument_parser
 
 # The models this recipe's data, augmentation and selection are for.
 MODELS = ("rcn", "rcn_no_write_attention")

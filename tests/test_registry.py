@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -11,15 +14,17 @@ def capsnet():
     return caps_zoo.create_model("capsnet")
 
 
-def test_the_top_level_names_resolve_on_first_use():
-    """caps_zoo/__init__ imports nothing (issue 15); its names come on first use."""
-    for name in caps_zoo.__all__:
-        assert getattr(caps_zoo, name) is not None, name
-    assert caps_zoo.load is registry.load and caps_zoo.list_models is registry.list_models
-    assert caps_zoo.training.TrainConfig is caps_zoo.training_config.TrainConfig  # any submodule
-    assert set(caps_zoo.__all__) <= set(dir(caps_zoo))
-    with pytest.raises(AttributeError, match="no attribute 'no_such_thing'"):
-        caps_zoo.no_such_thing
+def test_a_plain_import_registers_every_layer_and_model_with_keras(tmp_path):
+    """``keras.saving.load_model`` finds the zoo's classes after ``import
+    caps_zoo`` alone, in a fresh process (the peers' "Unknown layer"): the
+    package imports its layers and models, and so TensorFlow, on purpose;
+    the recipes' options live in caps_zoo_options for that reason."""
+    path = tmp_path / "capsnet.keras"
+    caps_zoo.create_model("capsnet", conv_filters=[8], primary_capsule_types=4, decoder_units=[16, 16]).save(path)
+    code = f"import caps_zoo, keras; print(type(keras.saving.load_model({str(path)!r})).__name__)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "CapsuleNetwork"
 
 
 def test_list_models_and_patterns():

@@ -72,14 +72,12 @@ import difflib
 import os
 from pathlib import Path
 
-from caps_zoo import _quiet_tensorflow  # noqa: F401  (first: TensorFlow's start-up chatter hidden)
-
 import numpy as np
 import tensorflow as tf
 
 # The datasets, splits and binarizations by name, and the validation size:
 # defined without TensorFlow, for the recipes' parsers (issue 15).
-from caps_zoo.data_options import (  # noqa: F401  (caps_zoo.data's names too)
+from caps_zoo_options.datasets import (  # noqa: F401  (caps_zoo.data's names too)
     BINARIZATIONS,
     DATASETS,
     GENERATED_DATASETS,

@@ -1,7 +1,5 @@
 """Shared Keras layers of the zoo."""
 
-from caps_zoo import _quiet_tensorflow  # noqa: F401  (first: TensorFlow's start-up chatter hidden)
-
 from caps_zoo.layers.autoencoder_blocks import (
     AttentionBlock,
     ConvDecoder,

@@ -1,7 +1,5 @@
 """One module per paper; importing them fills the registry."""
 
-from caps_zoo import _quiet_tensorflow  # noqa: F401  (first: TensorFlow's start-up chatter hidden)
-
 from caps_zoo.models import (
     capsule_vector_vae,
     convolutional_recurrent_writer,

@@ -9,12 +9,17 @@ shares. Nothing here imports TensorFlow or Keras, so that a recipe's
 arguments with this module and import ``caps_zoo.training`` only after
 (issue 15). ``TrainConfig.validate`` looks the model up in the registry,
 which imports the models. ``caps_zoo.training`` re-exports every name here.
+
+It sits outside the ``caps_zoo`` package because ``import caps_zoo``
+imports TensorFlow on purpose: it registers every layer and model with
+Keras, so that ``keras.saving.load_model`` finds them after a plain
+``import caps_zoo`` (the peers' "Unknown layer").
 """
 
 import argparse
 import dataclasses
 
-from caps_zoo import data_options
+from caps_zoo_options.datasets import GENERATED_DATASETS, VALIDATION_SIZE, check_binarize
 
 # mixed_bfloat16 for CPUs with bf16 units (AVX512_BF16, AMX); mixed_float16
 # for GPUs, where every optimizer of a model is loss-scaled (models.base).
@@ -66,7 +71,7 @@ class TrainConfig:
     # Model selection (see caps_zoo.training's docstring). validation: train on all
     # but the last validation_size training images and select on those.
     validation: bool = False
-    validation_size: int = data_options.VALIDATION_SIZE  # tests on tiny datasets pass a small one
+    validation_size: int = VALIDATION_SIZE  # tests on tiny datasets pass a small one
     # With validation: the Keras log of the validation split that chooses the
     # epoch to ship, and whether larger ("max") or smaller ("min") is better.
     # None: no selection (the last epoch ships, e.g. GRAN, whose losses do not
@@ -103,8 +108,8 @@ class TrainConfig:
                 f"initial_epoch={self.initial_epoch} leaves nothing to train with epochs={self.epochs}: "
                 "epochs is the total, including those already done."
             )
-        data_options.check_binarize(self.binarize)
-        if self.dataset in data_options.GENERATED_DATASETS:
+        check_binarize(self.binarize)
+        if self.dataset in GENERATED_DATASETS:
             if self.shift_pixels:
                 raise ValueError(
                     f"shift_pixels must be 0 for '{self.dataset}', which shifts each digit itself "
@@ -115,7 +120,7 @@ class TrainConfig:
 
                 multi_mnist.check_max_shift(self.max_shift)
         elif self.max_shift is not None:
-            raise ValueError(f"max_shift is for {data_options.GENERATED_DATASETS}, not '{self.dataset}' "
+            raise ValueError(f"max_shift is for {GENERATED_DATASETS}, not '{self.dataset}' "
                              "(it shifts with shift_pixels).")
         if self.learning_rate_schedule not in LEARNING_RATE_SCHEDULES:
             raise ValueError(f"learning_rate_schedule must be one of {LEARNING_RATE_SCHEDULES}, "
@@ -230,7 +235,7 @@ def recipe_argument_parser(description, defaults, models, datasets=TRAINING_DATA
                  else "log on them (the last epoch ships)")
     parser.add_argument(
         "--validation", action="store_true",
-        help=f"hold out the last {data_options.VALIDATION_SIZE:,} training images: train on the rest, "
+        help=f"hold out the last {VALIDATION_SIZE:,} training images: train on the rest, "
              f"{selection}, never touch the test split (ship_weights evaluates it once)")
     parser.add_argument("--validation-size", type=int,
                         help="with --validation: the held-out images (tests on tiny datasets)")

@@ -2,7 +2,7 @@
 
 The dataset names, splits, binarizations and the size of the validation
 split that ``caps_zoo.data`` takes (and re-exports: ``caps_zoo.data.DATASETS``
-is this module's), defined here so that ``caps_zoo.training_config`` and the
+is this module's), defined here so that ``caps_zoo_options.training`` and the
 recipes' argument parsers can use them without importing TensorFlow
 (issue 15). What they mean: ``caps_zoo.data``'s docstring.
 """
