@@ -22,22 +22,21 @@ from caps_zoo import registry
 # The rows' order: the paper's models, the reference mode, the baseline, the control.
 FAMILY = ("cv_vae", "cvgan", "cv_vae_reference", "vq_vae", "vqgan", "continuous_ae")
 
-# What reaches the decoder, per image (28x28 digits, an 8x8 map at the bottleneck).
+# What reaches the decoder, per image (28x28 digits, an 8x8 map at the
+# bottleneck); a GAN shares its autoencoder's bottleneck.
+_CAPSULE_ROUTING = "routing onto 16 parents: 64 code ids + 16 poses of 16 floats"
+_VECTOR_CODES = "nearest of 16 codes: 64 code ids (256 bits)"
 BOTTLENECK_DESCRIPTIONS = {
-    "cv_vae": "routing onto 16 parents: 64 code ids + 16 poses of 16 floats",
-    "cvgan": "routing onto 16 parents: 64 code ids + 16 poses of 16 floats",
+    "cv_vae": _CAPSULE_ROUTING,
+    "cvgan": _CAPSULE_ROUTING,
     "cv_vae_reference": "reference mode, capsules untrained: a continuous map (nothing quantized)",
-    "vq_vae": "nearest of 16 codes: 64 code ids (256 bits)",
-    "vqgan": "nearest of 16 codes: 64 code ids (256 bits)",
+    "vq_vae": _VECTOR_CODES,
+    "vqgan": _VECTOR_CODES,
     "continuous_ae": "none: 8x8x16 = 1,024 floats (the control)",
 }
 
 COLUMNS = ("model", "bottleneck", "epoch", "MSE", "PSNR (dB)", "SSIM", "codes used", "perplexity",
            "Frechet, reconstructions", "Frechet, prior samples", "parameters", "wall time (h)")
-
-
-def _shipped_tags(name):
-    return registry.get_spec(name).pretrained
 
 
 def comparison_rows(dataset="mnist", models=FAMILY):
@@ -46,7 +45,7 @@ def comparison_rows(dataset="mnist", models=FAMILY):
     metadata; models without that tag are left out."""
     rows = []
     for name in models:
-        if dataset not in _shipped_tags(name):
+        if dataset not in registry.get_spec(name).pretrained:
             continue
         metadata = registry.load_metadata(name, dataset)
         quality = metadata["test_reconstruction"]
