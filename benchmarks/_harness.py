@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from caps_zoo.hardware import cpu_bf16_units
+
 PRECISIONS = ("float32", "mixed_bfloat16")
 RESULT_MARKER = "BENCHMARK_RESULT "
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -188,6 +190,8 @@ def machine_info():
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
         "cpu_model": None,
+        # bf16 speed depends on these more than on anything else (caps_zoo.hardware).
+        "cpu_bf16_units": cpu_bf16_units(),
         "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
     try:

@@ -48,6 +48,7 @@ import keras
 import tensorflow as tf
 
 from caps_zoo import data, registry
+from caps_zoo.hardware import check_precision, machine_description
 from caps_zoo.files import sha256_of, write_json_atomically, write_text_atomically
 from caps_zoo import weights as weights_io
 from caps_zoo.models.base import AdversarialModel, GenerativeModel
@@ -477,13 +478,6 @@ class BestWeights(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def machine_description():
-    """E.g. 'x86_64, 2 CPU cores, no GPU': recorded with every measurement."""
-    gpus = tf.config.list_physical_devices("GPU")
-    accelerators = f"{len(gpus)} GPU(s)" if gpus else "no GPU"
-    return f"{platform.machine()}, {os.cpu_count()} CPU cores, {accelerators}"
-
-
 def _epochs_done(run_dir, config):
     progress = Path(run_dir) / "progress.json"
     if progress.is_file():
@@ -653,6 +647,7 @@ def _train_locked(config, run_dir, callbacks):
     # A restart must not replay the first epochs' shuffles and shifts.
     seed = config.seed + _epochs_done(run_dir, config)
 
+    check_precision(config.precision)
     with dtype_policy(config.precision):
         keras.utils.set_random_seed(seed)
         strategy = make_strategy(config.strategy)

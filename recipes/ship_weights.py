@@ -70,7 +70,8 @@ from caps_zoo.models import CapsuleNetwork
 from caps_zoo.models.capsule_vector_vae import AdversarialAutoencoder, BottleneckAutoencoder
 from caps_zoo.reconstruction_quality import reconstruction_quality
 from caps_zoo.models.base import GenerativeModel
-from caps_zoo.training import BEST_RECORD, BEST_WEIGHTS, DATASET_IMAGE_SHAPES, METRICS, machine_description, run_lock, sample_count
+from caps_zoo.hardware import machine_description
+from caps_zoo.training import BEST_RECORD, BEST_WEIGHTS, DATASET_IMAGE_SHAPES, METRICS, run_lock, sample_count
 
 STAGING_PREFIX = ".staging-"
 
