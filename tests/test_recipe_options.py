@@ -46,14 +46,8 @@ def run_without_tensorflow(code):
     return result
 
 
-# Every recipe, a new one too. ship_weights.py is not yet converted: it
-# imports keras and TensorFlow at its top (strict: once it is, remove the mark).
-ALL_RECIPES = [
-    pytest.param(path.name, marks=pytest.mark.xfail(
-        strict=True, reason="ship_weights.py still imports TensorFlow before parsing (issue 15)"))
-    if path.name == "ship_weights.py" else path.name
-    for path in sorted(RECIPES.glob("*.py"))
-]
+# Every recipe, a new one too.
+ALL_RECIPES = [path.name for path in sorted(RECIPES.glob("*.py"))]
 
 
 @pytest.mark.parametrize("recipe", ALL_RECIPES)
