@@ -88,7 +88,7 @@ def notebook_path(request):
 
 def test_notebooks_exist():
     names = {path.name for path in NOTEBOOKS}
-    assert {"capsule_networks.ipynb", "writers.ipynb", "gran.ipynb", "training.ipynb"} <= names, names
+    assert {"capsule_networks.ipynb", "writers.ipynb", "gran.ipynb", "training.ipynb", "rcn.ipynb", "cvgan.ipynb"} <= names, names
     assert "generators.ipynb" not in names  # split into writers.ipynb and gran.ipynb
 
 
