@@ -103,7 +103,10 @@ def test_adaptive_weight_is_vqgans_and_waits_for_the_discriminator(mnist_images)
         waiting.optimizer.iterations.assign_add(1)
 
 
-@pytest.mark.parametrize("name", ["vq_vae", "cv_vae"])
+# About 90 s each on this project's CPUs: the default run keeps the capsule
+# case (the code prior and the pose Gaussian); the VQ case, the code prior
+# alone, runs with -m slow.
+@pytest.mark.parametrize("name", [pytest.param("vq_vae", marks=pytest.mark.slow), "cv_vae"])
 def test_fit_prior_then_sample_decodes_codes_and_survives_a_round_trip(name, mnist_images, tmp_path):
     keras.utils.set_random_seed(4)
     model = caps_zoo.create_model(name, **SMALL)
