@@ -40,10 +40,11 @@ def _cpuinfo(path="/proc/cpuinfo"):
 def cpu_bf16_units(path="/proc/cpuinfo"):
     """The CPU's bfloat16 instruction sets (e.g. ``("avx512_bf16", "amx_bf16")``),
     ``()`` if it has none, ``None`` where this cannot be read (not Linux x86)."""
-    _, flags = _cpuinfo(path)
-    if flags is None:
-        return None
-    return tuple(flag for flag in BF16_FLAGS if flag in flags)
+    return _bf16_units(_cpuinfo(path)[1])
+
+
+def _bf16_units(flags):
+    return None if flags is None else tuple(flag for flag in BF16_FLAGS if flag in flags)
 
 
 def machine_description(path="/proc/cpuinfo"):
@@ -51,8 +52,8 @@ def machine_description(path="/proc/cpuinfo"):
     with every measurement, since figures differ several-fold between CPUs."""
     import tensorflow as tf
 
-    name, _ = _cpuinfo(path)
-    units = cpu_bf16_units(path)
+    name, flags = _cpuinfo(path)  # read once for both
+    units = _bf16_units(flags)
     bf16 = "" if units is None else f" ({', '.join(units) if units else 'no bf16 units'})"
     cpu = f"{name}, " if name else ""
     gpus = tf.config.list_physical_devices("GPU")
@@ -64,13 +65,15 @@ def check_precision(precision, path="/proc/cpuinfo"):
     """Warn when ``mixed_bfloat16`` is asked for where it will be slow: on a
     CPU known to lack bf16 units, with no GPU. Nothing is refused: the
     results are the same, only the time differs."""
-    if precision != "mixed_bfloat16" or cpu_bf16_units(path) != ():
+    if precision != "mixed_bfloat16":
+        return
+    name, flags = _cpuinfo(path)
+    if _bf16_units(flags) != ():
         return
     import tensorflow as tf
 
     if tf.config.list_physical_devices("GPU"):
         return
-    name, _ = _cpuinfo(path)
     warnings.warn(
         f"precision 'mixed_bfloat16' on a CPU without bf16 units ({name or 'this CPU'}: none of "
         f"{', '.join(BF16_FLAGS)}): TensorFlow emulates bfloat16 there, which was measured 7x slower "
