@@ -74,6 +74,12 @@ from caps_zoo.training import BEST_RECORD, BEST_WEIGHTS, DATASET_IMAGE_SHAPES, M
 
 STAGING_PREFIX = ".staging-"
 
+
+class ShippingRefused(ValueError):
+    """What was asked cannot ship as stated (another selection rule than the
+    run's, a run that chose no epoch, weights already shipped under the tag
+    without ``replace``, ...); raised before anything is written."""
+
 SELECTION_RULES = ("validation", "last")
 # How long to wait for a running run to finish writing an epoch's files.
 READ_TIMEOUT_SECONDS = 120
@@ -190,27 +196,27 @@ def selection_rule(config):
     return "validation" if config.get("validation") and config.get("selection_metric") else "last"
 
 
-def check_select(parser, requested, rule, config):
+def check_select(requested, rule, config):
     """Refuse any ``--select`` but the run's own rule (see the module's docstring)."""
     if requested is None or requested == rule:
         return
     if requested == "test":
-        parser.error(
+        raise ShippingRefused(
             "refusing --select test: the shipped epoch is never chosen on the test split, which "
             "this recipe evaluates once, on the weights it ships. Train with --validation to "
             "choose an epoch on held-out training images."
         )
     if requested not in SELECTION_RULES:
-        parser.error(f"--select must be one of {SELECTION_RULES} (the run's own rule), got '{requested}'.")
+        raise ShippingRefused(f"--select must be one of {SELECTION_RULES} (the run's own rule), got '{requested}'.")
     if rule == "validation":
-        parser.error(
+        raise ShippingRefused(
             f"refusing --select {requested}: this run chose its epoch on the validation split "
             f"({config['selection_metric']}, {config['selection_mode']}) while it trained; it "
             f"ships that epoch ({BEST_WEIGHTS}), a rule fixed before the test split is seen."
         )
     reason = ("it was trained without --validation (its val_* columns are the test split)"
               if not config.get("validation") else "it selects on no metric")
-    parser.error(f"refusing --select {requested}: {reason}; it ships its last epoch (--select last).")
+    raise ShippingRefused(f"refusing --select {requested}: {reason}; it ships its last epoch (--select last).")
 
 
 PHASE_SETTINGS = ("epochs", "learning_rate", "learning_rate_schedule", "learning_rate_decay",
@@ -223,29 +229,29 @@ def phase_record(folder, config, epochs, wall_hours):
             **{name: config.get(name) for name in PHASE_SETTINGS}}
 
 
-def read_earlier_phase(parser, folder, run_dir, config):
+def read_earlier_phase(folder, run_dir, config):
     """The run this one continued (``--continued-from``): its log rows, its
     epoch count and its phase record. Refuses a folder that is not the one
     whose weights this run started from."""
     missing = [name for name in ("config.json", "log.csv", "progress.json") if not (folder / name).is_file()]
     if missing:
-        parser.error(f"--continued-from {folder}: no {', '.join(missing)} there (the earlier run's "
+        raise ShippingRefused(f"--continued-from {folder}: no {', '.join(missing)} there (the earlier run's "
                      "own files are needed to count its epochs and time).")
     earlier = json.loads((folder / "config.json").read_text())
     if earlier["model"] != config["model"]:
-        parser.error(f"--continued-from {folder} trained '{earlier['model']}', this run '{config['model']}'.")
+        raise ShippingRefused(f"--continued-from {folder} trained '{earlier['model']}', this run '{config['model']}'.")
     started_from = config.get("init_weights")
     if not started_from or Path(started_from).resolve().parent != folder.resolve():
-        parser.error(f"--continued-from {folder}: this run did not start from weights in that folder "
+        raise ShippingRefused(f"--continued-from {folder}: this run did not start from weights in that folder "
                      f"(its init_weights: {started_from!r}).")
     if config.get("initial_epoch"):
-        parser.error(f"--continued-from: this run resumed at epoch {config['initial_epoch']} of the same "
+        raise ShippingRefused(f"--continued-from: this run resumed at epoch {config['initial_epoch']} of the same "
                      "schedule, so its log already counts the earlier epochs; ship it without the option.")
     progress = json.loads((folder / "progress.json").read_text())
     rows = list(csv.DictReader(io.StringIO((folder / "log.csv").read_text())))
     epochs = int(progress["epochs_completed"])
     if rows and int(rows[-1]["epoch"]) + 1 != epochs:
-        parser.error(f"--continued-from {folder}: its log ends at epoch {int(rows[-1]['epoch']) + 1}, its "
+        raise ShippingRefused(f"--continued-from {folder}: its log ends at epoch {int(rows[-1]['epoch']) + 1}, its "
                      f"progress.json says {epochs} epochs: which one did this run start from?")
     wall_hours = round(progress["train_seconds"] / 3600, 2)
     return {"log": rows, "epochs": epochs, "phase": phase_record(folder, earlier, epochs, wall_hours)}
@@ -289,7 +295,7 @@ def read_last_epoch(run_dir, finished):
         time.sleep(1)
 
 
-def read_selected_epoch(parser, run_dir):
+def read_selected_epoch(run_dir):
     """``(weights bytes, best.json record, log text)`` of the epoch the run
     chose on validation; refuses a run that chose none.
 
@@ -298,7 +304,7 @@ def read_selected_epoch(parser, run_dir):
     """
     missing = [name for name in (BEST_WEIGHTS, BEST_RECORD) if not (run_dir / name).is_file()]
     if missing:
-        parser.error(
+        raise ShippingRefused(
             f"refusing to ship '{run_dir}': it was trained with --validation, but has no "
             f"{' or '.join(missing)}, so no epoch was chosen on its validation split (they are "
             "written after its first epoch). No other epoch ships from a validation run."
@@ -317,11 +323,11 @@ def read_selected_epoch(parser, run_dir):
         _wait(started, f"log.csv has no row for epoch {best['epoch']}, which {BEST_RECORD} selects")
 
 
-def ship(args, parser):
+def ship(args):
     """Ship the run ``args.run_dir`` as ``saved_models/<model>/<args.tag>.*``:
     what ``recipes/ship_weights.py`` parsed (its options are ``args``' names).
-    ``parser.error`` reports a refusal (it exits with the message, before
-    anything is written), as on the command line.
+    A refusal raises ``ShippingRefused`` before anything is written (the
+    recipe reports it as a usage error).
     """
 
     run_dir = Path(args.run_dir)
@@ -331,7 +337,7 @@ def ship(args, parser):
     def refuse_to_replace():
         existing = [path for path in (weights_path, metadata_path) if path.exists()]
         if existing and not args.replace:
-            parser.error(
+            raise ShippingRefused(
                 f"refusing to replace {', '.join(map(str, existing))}: '{config['model']}' already ships "
                 f"weights tagged '{args.tag}'. Pass --replace to replace them (after this run's "
                 "weights are measured, all files at once), or choose another --tag."
@@ -339,12 +345,12 @@ def ship(args, parser):
 
     refuse_to_replace()  # early, before minutes of measuring; again under the lock
     rule = selection_rule(config)
-    check_select(parser, args.select, rule, config)
+    check_select(args.select, rule, config)
     # metrics.json is written last by a finished run (caps_zoo.training).
     finished = (run_dir / METRICS).is_file() and (run_dir / "final.weights.npz").is_file()
     best = None
     if rule == "validation":
-        model_weights, best, log_text = read_selected_epoch(parser, run_dir)
+        model_weights, best, log_text = read_selected_epoch(run_dir)
         weights_name = BEST_WEIGHTS
     else:
         model_weights, log_text = read_last_epoch(run_dir, finished)
@@ -356,11 +362,11 @@ def ship(args, parser):
     if wall_hours is None:
         progress_path = run_dir / "progress.json"
         if not progress_path.is_file():
-            parser.error(f"{progress_path} does not exist: pass --wall-hours")
+            raise ShippingRefused(f"{progress_path} does not exist: pass --wall-hours")
         wall_hours = round(json.loads(progress_path.read_text())["train_seconds"] / 3600, 2)
     phases = []
     if args.continued_from:
-        earlier = read_earlier_phase(parser, Path(args.continued_from), run_dir, config)
+        earlier = read_earlier_phase(Path(args.continued_from), run_dir, config)
         phases = [earlier["phase"], phase_record(run_dir, config, epochs_completed, wall_hours)]
         log_text = joined_log(earlier["log"], log, earlier["epochs"])
         log = list(csv.DictReader(io.StringIO(log_text)))

@@ -56,7 +56,10 @@ def main(argv=None):
     # after parse_args: --help must not import TensorFlow (issue 15)
     from caps_zoo import shipping
 
-    shipping.ship(args, parser)
+    try:
+        shipping.ship(args)
+    except shipping.ShippingRefused as refusal:
+        parser.error(str(refusal))  # exit status 2 and the usage line, as for a bad option
 
 
 if __name__ == "__main__":
