@@ -346,8 +346,11 @@ def ship(args):
     refuse_to_replace()  # early, before minutes of measuring; again under the lock
     rule = selection_rule(config)
     check_select(args.select, rule, config)
-    # metrics.json is written last by a finished run (caps_zoo.training).
-    finished = (run_dir / METRICS).is_file() and (run_dir / "final.weights.npz").is_file()
+    # metrics.json is written last by a finished run (caps_zoo.training). A
+    # validation run ships best.weights.npz, so its final weights need not be
+    # there (a finished run's committed snapshot carries the selected epoch only).
+    finished = (run_dir / METRICS).is_file() and (
+        rule == "validation" or (run_dir / "final.weights.npz").is_file())
     best = None
     if rule == "validation":
         model_weights, best, log_text = read_selected_epoch(run_dir)

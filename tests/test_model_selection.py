@@ -316,6 +316,20 @@ def test_ship_a_validation_run_ships_the_chosen_epoch_and_evaluates_test_once(
     assert test["real_accuracy"] == pytest.approx(metadata["test_real_accuracy"], abs=1e-6)
 
 
+def test_a_finished_validation_run_ships_as_finished_without_its_final_weights(
+    tiny_mnist, scratch_saved_models, tmp_path
+):
+    # What a committed training snapshot holds: the run's records and the
+    # selected epoch's weights, not final.weights.npz (which never ships).
+    run_dir = tmp_path / "run"
+    training.train(gran_config(run_dir, epochs=2),
+                   callbacks=[ScriptedMetric("val_real_accuracy", [0.9, 0.5], run_dir)])
+    (run_dir / "final.weights.npz").unlink()
+    ship(run_dir)
+    metadata = caps_zoo.load_metadata("gran1")
+    assert (metadata["status"], metadata["selected_epoch"]) == ("finished", 1)
+
+
 def test_ship_refuses_a_validation_run_without_a_chosen_epoch(
     tiny_mnist, scratch_saved_models, tmp_path, capsys
 ):

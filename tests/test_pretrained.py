@@ -62,6 +62,16 @@ def test_shipped_weights_reach_stated_metrics_on_shipped_sample(name, tag):
         assert bound == pytest.approx(stated, abs=SAMPLED_BOUND_TOLERANCE_NATS)
         assert metadata["test_reconstruction_nll"] + metadata["test_latent_kl"] < 200  # nats; a random init: ~540
         checked.append("bound")
+    if "sample_l1_loss" in metadata:  # the CV-VAE family (autoencoders and their GANs)
+        assert metrics["l1_loss"] == pytest.approx(metadata["sample_l1_loss"], abs=1e-4)
+        assert metadata["test_l1_loss"] < 0.06  # a trained model; a random init: 0.34 (cv_vae, 256 sample images)
+        if "sample_code_perplexity" in metadata:  # a bottleneck with codes, counted over all 1,000
+            assert metrics["code_perplexity"] == pytest.approx(metadata["sample_code_perplexity"], abs=1e-2)
+            assert metrics["codes_used"] == pytest.approx(metadata["sample_codes_used"], abs=1e-6)
+        if "prior" in metadata:  # codes to sample: the prior was fitted and its samples measured
+            assert metadata["prior"]["epochs"] >= 1 and metadata["frechet"]["frechet_distance"] is not None
+            assert model.sample(2, seed=0)["images"].shape == (2, 28, 28, 1)
+        checked.append("l1_loss")
     assert checked, f"{name}: its metadata states no metric this test knows: {sorted(metadata)}"
     for key in ("recipe_command", "data", "epochs_completed", "wall_hours", "machine"):
         assert metadata[key], key

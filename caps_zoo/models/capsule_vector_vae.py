@@ -548,7 +548,7 @@ def vq_vae(**overrides):
     return _autoencoder("vq_vae", "vector", overrides)
 
 
-@register_model(paper=PAPER)
+@register_model(paper=PAPER, pretrained=("mnist",))
 def cv_vae(**overrides):
     """CV-VAE: the shared encoder/decoder with capsule routing onto 16 parents per example."""
     return _autoencoder("cv_vae", "capsule", overrides)
