@@ -36,7 +36,7 @@ BOTTLENECK_DESCRIPTIONS = {
 }
 
 COLUMNS = ("model", "bottleneck", "epoch", "MSE", "PSNR (dB)", "SSIM", "codes used", "perplexity",
-           "Frechet, reconstructions", "Frechet, prior samples", "parameters", "wall time (h)")
+           "Frechet, reconstructions", "Frechet, prior samples", "parameters", "precision", "wall time (h)")
 
 
 def comparison_rows(dataset="mnist", models=FAMILY):
@@ -70,6 +70,7 @@ def comparison_rows(dataset="mnist", models=FAMILY):
             "reconstruction_frechet": reconstruction_frechet,
             "sample_frechet": sample_frechet,
             "parameters": metadata["parameters"],
+            "precision": metadata["precision"],
             "wall_hours": metadata["wall_hours"],
             "test_images": quality["n_images"],
             "notes": notes,
@@ -94,7 +95,7 @@ def markdown_table(rows):
             _figure(row["mse"], 5), _figure(row["psnr_db"], 2), _figure(row["ssim"], 4),
             "n/a" if row["codes_used"] is None else f"{row['codes_used']:.0%}",
             _figure(row["code_perplexity"], 2), _figure(row["reconstruction_frechet"], 4),
-            _figure(row["sample_frechet"], 4), f"{row['parameters']:,}", _figure(row["wall_hours"], 2),
+            _figure(row["sample_frechet"], 4), f"{row['parameters']:,}", row["precision"], _figure(row["wall_hours"], 2),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -574,7 +574,9 @@ def stage_and_measure(args, run, staging, shipped_weights_name):
            if isinstance(model, CapsuleNetwork) else {}),
         "wall_hours": wall_hours,
         "parameters": model.count_params(),
-        "machine": machine_description(),
+        "machine": machine_description(),  # where the test figures below were measured
+        # where the run trained (a finished run's own record; a run may ship elsewhere)
+        **({"trained_on": json.loads((run_dir / METRICS).read_text()).get("machine")} if finished else {}),
         # Every metric of model.evaluate: accuracy and losses of the capsule
         # networks; for DRAW/DCRW loss = Lx + Lz, the negative lower bound,
         # reconstruction_nll = Lx, latent_kl = Lz, in nats per image.

@@ -17,6 +17,7 @@ RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "compare_bottlenecks.
 def _metadata(mse, frechet, sample_frechet=None, codes=True):
     metadata = {
         "selected_epoch": 2, "epochs_completed": 2, "parameters": 1234567, "wall_hours": 0.61,
+        "precision": "float32",
         "test_reconstruction": {"mse": mse, "psnr_db": 20.5, "ssim": 0.91, "n_images": 10000,
                                 "frechet": ({"frechet_distance": frechet} if frechet is not None else
                                             {"frechet_distance": None, "skipped": "no classifier"})},
@@ -59,7 +60,7 @@ def test_markdown_table_prints_each_figure_once_and_n_a_for_the_unmeasured(shipp
     lines = table.splitlines()
     assert len(lines) == 4 and lines[0].count("|") == len(bottleneck_comparison.COLUMNS) + 1
     assert "| `vq_vae` |" in lines[2] and "| 0.01235 |" in lines[2] and "| 75% | 11.25 |" in lines[2]
-    assert "| 0.0042 | 0.0311 | 1,234,567 | 0.61 |" in lines[2]
+    assert "| 0.0042 | 0.0311 | 1,234,567 | float32 | 0.61 |" in lines[2]
     assert lines[3].count("n/a") == 4  # codes used, perplexity, both Frechet distances
     with pytest.raises(ValueError, match="no model of the family ships"):
         bottleneck_comparison.markdown_table([])

@@ -328,6 +328,8 @@ def test_a_finished_validation_run_ships_as_finished_without_its_final_weights(
     ship(run_dir)
     metadata = caps_zoo.load_metadata("gran1")
     assert (metadata["status"], metadata["selected_epoch"]) == ("finished", 1)
+    # where it trained, from the run's own record (it may ship on another machine)
+    assert metadata["trained_on"] == json.loads((run_dir / "metrics.json").read_text())["machine"]
 
 
 def test_ship_refuses_a_validation_run_without_a_chosen_epoch(
