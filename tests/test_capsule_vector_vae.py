@@ -46,6 +46,21 @@ def test_cv_vae_reconstruction_loss_falls_on_real_digits(mnist_images):
     assert after["codes_used"] == pytest.approx(expected["codes_used"])
 
 
+@pytest.mark.parametrize("name", ["cvgan", "vqgan"])
+def test_gans_count_code_usage_over_the_whole_evaluation(name, mnist_images):
+    # The table's codes used and perplexity of a GAN: its evaluate, as its
+    # autoencoder's, counts every batch (two here), not the last one.
+    model = caps_zoo.create_model(name, **SMALL)
+    result = model.evaluate(mnist_images, batch_size=64, verbose=0, return_dict=True)
+    codes = model.autoencoder.predict(mnist_images, batch_size=64, verbose=0)["codes"]
+    expected = code_statistics(np.bincount(codes.ravel(), minlength=model.autoencoder.bottleneck.num_codes))
+    assert result["code_perplexity"] == pytest.approx(expected["code_perplexity"], rel=1e-5)
+    assert result["codes_used"] == pytest.approx(expected["codes_used"])
+    again = model.evaluate(mnist_images[:64], batch_size=64, verbose=0, return_dict=True)  # reset between calls
+    first = code_statistics(np.bincount(codes[:64].ravel(), minlength=model.autoencoder.bottleneck.num_codes))
+    assert again["code_perplexity"] == pytest.approx(first["code_perplexity"], rel=1e-5)
+
+
 def _weights(variables):
     return [v.numpy().copy() for v in variables]
 

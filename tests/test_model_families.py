@@ -176,8 +176,6 @@ def assert_same_outputs(actual, expected, atol=1e-5):
 
 
 def declared_metric_names(model):
-    if isinstance(model, AdversarialModel):
-        return list(model.step_means.names)
     names = []
     for metric in model.metrics:  # a metric with a dict result (CodeUsage) logs its keys
         result = metric.result()

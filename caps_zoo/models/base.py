@@ -411,8 +411,14 @@ class AdversarialModel(ZooModel):
     # -- the steps ----------------------------------------------------------------
 
     @property
+    def extra_metrics(self):
+        """Metrics beyond the steps' means, as ``LossTermsModel``'s (the
+        CV-VAE GANs' code usage); a subclass updates them in its loss terms."""
+        return []
+
+    @property
     def metrics(self):
-        return self.step_means.metrics
+        return [*self.step_means.metrics, *self.extra_metrics]
 
     def _result(self):
         return {metric.name: metric.result() for metric in self.metrics}

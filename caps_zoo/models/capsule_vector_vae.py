@@ -483,6 +483,10 @@ class AdversarialAutoencoder(GenerativeModel, AdversarialModel):
         return terms, {"real_logits": losses.per_example_mean(real_logits),
                        "fake_logits": losses.per_example_mean(fake_logits)}
 
+    @property
+    def extra_metrics(self):
+        return self.autoencoder.extra_metrics
+
     def generator_loss_terms(self, real_images, training):
         last_kernel = self.autoencoder.decoder.last_layer.kernel
         # The adaptive weight needs both terms' gradients at the decoder's last
@@ -495,6 +499,9 @@ class AdversarialAutoencoder(GenerativeModel, AdversarialModel):
         weight = losses.adaptive_weight(tape.gradient(reconstruction, last_kernel),
                                         tape.gradient(gan_mean, last_kernel), self.adaptive_weight_scale)
         del tape
+        # Code usage over every batch of the epoch or evaluation, as the
+        # autoencoder's own (the GAN's steps bypass its test_step).
+        self.autoencoder.update_extra_metrics(real_images, None, outputs)
         terms = {**terms, "generator_loss": weight * self.disc_factor() * gan}
         return terms, {"adaptive_weight": ops.broadcast_to(weight, ops.shape(gan))}
 
