@@ -561,7 +561,7 @@ def cv_vae(**overrides):
     return _autoencoder("cv_vae", "capsule", overrides)
 
 
-@register_model(paper=PAPER)
+@register_model(paper=PAPER, pretrained=("mnist",))
 def cv_vae_reference(**overrides):
     """CV-VAE as the public code computes it: one parent, untrained capsules, |c u_hat| to the decoder."""
     return _autoencoder("cv_vae_reference", "capsule_reference", overrides)
