@@ -567,7 +567,7 @@ def cv_vae_reference(**overrides):
     return _autoencoder("cv_vae_reference", "capsule_reference", overrides)
 
 
-@register_model(paper=PAPER)
+@register_model(paper=PAPER, pretrained=("mnist",))
 def continuous_ae(**overrides):
     """The control: the shared encoder/decoder with 16 continuous channels and no quantizer."""
     return _autoencoder("continuous_ae", "continuous", overrides)
