@@ -80,6 +80,7 @@ class ShippingRefused(ValueError):
     run's, a run that chose no epoch, weights already shipped under the tag
     without ``replace``, ...); raised before anything is written."""
 
+
 SELECTION_RULES = ("validation", "last")
 # How long to wait for a running run to finish writing an epoch's files.
 READ_TIMEOUT_SECONDS = 120
@@ -236,23 +237,23 @@ def read_earlier_phase(folder, run_dir, config):
     missing = [name for name in ("config.json", "log.csv", "progress.json") if not (folder / name).is_file()]
     if missing:
         raise ShippingRefused(f"--continued-from {folder}: no {', '.join(missing)} there (the earlier run's "
-                     "own files are needed to count its epochs and time).")
+                              "own files are needed to count its epochs and time).")
     earlier = json.loads((folder / "config.json").read_text())
     if earlier["model"] != config["model"]:
         raise ShippingRefused(f"--continued-from {folder} trained '{earlier['model']}', this run '{config['model']}'.")
     started_from = config.get("init_weights")
     if not started_from or Path(started_from).resolve().parent != folder.resolve():
         raise ShippingRefused(f"--continued-from {folder}: this run did not start from weights in that folder "
-                     f"(its init_weights: {started_from!r}).")
+                              f"(its init_weights: {started_from!r}).")
     if config.get("initial_epoch"):
         raise ShippingRefused(f"--continued-from: this run resumed at epoch {config['initial_epoch']} of the same "
-                     "schedule, so its log already counts the earlier epochs; ship it without the option.")
+                              "schedule, so its log already counts the earlier epochs; ship it without the option.")
     progress = json.loads((folder / "progress.json").read_text())
     rows = list(csv.DictReader(io.StringIO((folder / "log.csv").read_text())))
     epochs = int(progress["epochs_completed"])
     if rows and int(rows[-1]["epoch"]) + 1 != epochs:
         raise ShippingRefused(f"--continued-from {folder}: its log ends at epoch {int(rows[-1]['epoch']) + 1}, its "
-                     f"progress.json says {epochs} epochs: which one did this run start from?")
+                              f"progress.json says {epochs} epochs: which one did this run start from?")
     wall_hours = round(progress["train_seconds"] / 3600, 2)
     return {"log": rows, "epochs": epochs, "phase": phase_record(folder, earlier, epochs, wall_hours)}
 
@@ -544,9 +545,9 @@ def stage_and_measure(args, run, staging, shipped_weights_name):
             "selected_on": "last epoch (no validation split; test split seen during training)",
             "selected_epoch": epochs_completed,
         }
-    stopped_early = None
-    if finished:
-        stopped_early = json.loads((run_dir / METRICS).read_text()).get("stopped_early")
+    # A finished run's own record: how it ended and where it trained.
+    run_record = json.loads((run_dir / METRICS).read_text()) if finished else {}
+    stopped_early = run_record.get("stopped_early")
     if finished:
         status = f"finished ({stopped_early})" if stopped_early else "finished"
     elif best:
@@ -576,7 +577,7 @@ def stage_and_measure(args, run, staging, shipped_weights_name):
         "parameters": model.count_params(),
         "machine": machine_description(),  # where the test figures below were measured
         # where the run trained (a finished run's own record; a run may ship elsewhere)
-        **({"trained_on": json.loads((run_dir / METRICS).read_text()).get("machine")} if finished else {}),
+        **({"trained_on": run_record.get("machine")} if finished else {}),
         # Every metric of model.evaluate: accuracy and losses of the capsule
         # networks; for DRAW/DCRW loss = Lx + Lz, the negative lower bound,
         # reconstruction_nll = Lx, latent_kl = Lz, in nats per image.
