@@ -549,7 +549,7 @@ def _gan(name, bottleneck, overrides):
     return build_compiled(AdversarialAutoencoder, name, defaults, gan_overrides)
 
 
-@register_model(paper=PAPER)
+@register_model(paper=PAPER, pretrained=("mnist",))
 def vq_vae(**overrides):
     """VQ-VAE: the shared encoder/decoder with a 16-code vector quantizer (the baseline)."""
     return _autoencoder("vq_vae", "vector", overrides)
