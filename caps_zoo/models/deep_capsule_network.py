@@ -321,7 +321,7 @@ DEEP_CAPSNET_CONFIG = dict(
 )
 
 
-@register_model(paper=PAPER, pretrained=("mnist",))
+@register_model(paper=PAPER, pretrained=("mnist", "fashion_mnist"))
 def capsnet(**overrides):
     """CapsNet of Sabour et al. (2017) for 28x28 images; 8.2M parameters."""
     return build_compiled(CapsuleNetwork, "capsnet", CAPSNET_CONFIG, overrides)
