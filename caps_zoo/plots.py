@@ -34,6 +34,8 @@ neighbours come from ``caps_zoo.metrics.nearest_neighbours``.
     plots.nearest_neighbour_grid(samples, x_train, indices, distances, "neighbours.png")
 """
 
+import os
+
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -76,6 +78,9 @@ def finish_figure(figure, title, path, dpi=120):
     figure.tight_layout()
     if path is None:
         return figure
+    # A figure's folder (docs/figures/...) may not exist on a fresh clone:
+    # failing after minutes of model loading would lose the work.
+    os.makedirs(os.path.dirname(os.path.abspath(os.fspath(path))), exist_ok=True)
     figure.savefig(path, dpi=dpi)
     return path
 

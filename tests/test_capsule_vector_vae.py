@@ -110,12 +110,32 @@ def test_adaptive_weight_is_vqgans_and_waits_for_the_discriminator(mnist_images)
 
     waiting = caps_zoo.create_model("cvgan", discriminator_start=2, **SMALL)
     for step in range(3):
-        g_terms, _ = waiting.generator_loss_terms(x, training=False)
-        d_terms, _ = waiting.discriminator_loss_terms(x, training=False)
-        started = step >= 2
-        assert (np.abs(g_terms["generator_loss"]).max() > 0) == started
-        assert (np.abs(d_terms["discriminator_loss"]).max() > 0) == started
+        # Training waits for the generator's steps; an evaluation counts
+        # the GAN terms at any step (a model loaded from a weights file has
+        # 0 steps and must not report them as 0).
+        for training, counted in ((True, step >= 2), (False, True)):
+            g_terms, _ = waiting.generator_loss_terms(x, training=training)
+            d_terms, _ = waiting.discriminator_loss_terms(x, training=training)
+            assert (np.abs(g_terms["generator_loss"]).max() > 0) == counted
+            assert (np.abs(d_terms["discriminator_loss"]).max() > 0) == counted
         waiting.optimizer.iterations.assign_add(1)
+
+
+def test_a_gan_loaded_from_weights_evaluates_its_gan_terms(mnist_images, tmp_path):
+    keras.utils.set_random_seed(5)
+    model = caps_zoo.create_model("cvgan", discriminator_start=1, **SMALL)
+    model.compile()
+    model.fit(mnist_images[:64], epochs=1, batch_size=16, verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == 4
+    path = caps_zoo.weights.save_weights(model, str(tmp_path / "cvgan.weights.npz"))
+    loaded = caps_zoo.load("cvgan", weights=path, discriminator_start=1, **SMALL)
+    loaded.compile()
+    assert int(loaded.optimizer.iterations.numpy()) == 0
+    expected = model.evaluate(mnist_images[:32], batch_size=16, verbose=0, return_dict=True)
+    measured = loaded.evaluate(mnist_images[:32], batch_size=16, verbose=0, return_dict=True)
+    assert abs(measured["discriminator_loss"]) > 0 and abs(measured["generator_loss"]) > 0
+    for name in ("loss", "discriminator_loss", "generator_loss", "l1_loss"):
+        np.testing.assert_allclose(measured[name], expected[name], rtol=1e-4, err_msg=name)
 
 
 # About 90 s each on this project's CPUs: the default run keeps the capsule

@@ -160,6 +160,8 @@ def test_image_grid_writes_a_png_and_returns_a_figure(mnist, tmp_path):
     assert plots.image_grid(images, path, columns=8, title="epoch 3") == path
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert path.stat().st_size > 5_000
+    nested = tmp_path / "docs" / "figures" / "samples.png"  # folders made, as on a fresh clone
+    assert plots.image_grid(images[:4], nested) == nested and nested.is_file()
     figure = plots.image_grid(images[:13, ..., 0], columns=5)  # without the channel axis
     assert isinstance(figure, Figure)
     mosaic = figure.axes[0].images[0].get_array()

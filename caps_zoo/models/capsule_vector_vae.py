@@ -386,8 +386,9 @@ class AdversarialAutoencoder(GenerativeModel, AdversarialModel):
     The generator step minimises the autoencoder's terms plus
     ``adaptive_weight x disc_factor x hinge_generator_loss``; the
     discriminator step ``disc_factor x hinge_discriminator_loss`` on real
-    images against the (detached) reconstructions. ``disc_factor`` is 0
-    before ``discriminator_start`` generator steps and 1 after.
+    images against the (detached) reconstructions. In training,
+    ``disc_factor`` is 0 before ``discriminator_start`` generator steps and 1
+    after; an evaluation (``training=False``) always counts the GAN terms.
 
     Args: those of ``BottleneckAutoencoder`` (``autoencoder_config``), and
         discriminator_config: ``PatchDiscriminator`` arguments.
@@ -470,8 +471,19 @@ class AdversarialAutoencoder(GenerativeModel, AdversarialModel):
     def discriminator_variables(self):
         return self.discriminator.trainable_variables
 
-    def disc_factor(self):
-        """0 before ``discriminator_start`` generator steps, 1 after."""
+    def disc_factor(self, training):
+        """Training: 0 before ``discriminator_start`` generator steps, 1 after.
+
+        Evaluation: always 1. The wait is a schedule of one fit, counted by
+        its optimizer's steps, and a weights file does not carry that count:
+        a model loaded from one has 0 steps, and gating its evaluation by
+        them reported its GAN terms as 0 (the shipped GANs' metadata of
+        2026-12-03 did). An evaluation states the whole objective instead;
+        during a fit's first ``discriminator_start`` steps its ``val_``
+        GAN terms are therefore on while the training ones are off.
+        """
+        if not training:
+            return ops.convert_to_tensor(1.0, "float32")
         started = ops.cast(self.optimizer.iterations, "int64") >= self.discriminator_start
         return ops.cast(started, "float32")
 
@@ -479,7 +491,7 @@ class AdversarialAutoencoder(GenerativeModel, AdversarialModel):
         reconstructions = ops.stop_gradient(self.autoencoder(real_images, training=training)["reconstruction"])
         real_logits = self.discriminator(real_images, training=training)
         fake_logits = self.discriminator(reconstructions, training=training)
-        terms = {"discriminator_loss": self.disc_factor() * losses.hinge_discriminator_loss(real_logits, fake_logits)}
+        terms = {"discriminator_loss": self.disc_factor(training) * losses.hinge_discriminator_loss(real_logits, fake_logits)}
         return terms, {"real_logits": losses.per_example_mean(real_logits),
                        "fake_logits": losses.per_example_mean(fake_logits)}
 
@@ -502,7 +514,7 @@ class AdversarialAutoencoder(GenerativeModel, AdversarialModel):
         # Code usage over every batch of the epoch or evaluation, as the
         # autoencoder's own (the GAN's steps bypass its test_step).
         self.autoencoder.update_extra_metrics(real_images, None, outputs)
-        terms = {**terms, "generator_loss": weight * self.disc_factor() * gan}
+        terms = {**terms, "generator_loss": weight * self.disc_factor(training) * gan}
         return terms, {"adaptive_weight": ops.broadcast_to(weight, ops.shape(gan))}
 
     def get_config(self):
