@@ -33,7 +33,10 @@ training images (``<tag>.nearest_neighbours.png``). The CV-VAE family's
 models with codes sample from a prior fitted after training: shipping
 fits it first (``--prior-epochs``, on the images the run trained on) and
 ships it inside the weights; the metadata's ``prior`` records its epochs
-and its per-epoch NLL on both splits.
+and its per-epoch NLL on both splits. Measuring a shipped run again
+(``--replace --keep-prior``, e.g. after a fix of an evaluation) keeps the
+shipped prior instead of refitting it: half an hour saved per model, and
+the prior's samples stay the ones the table reports.
 
 A run that started from another run's weights with a schedule of its own
 (``--init-weights`` at epoch 0: a second phase, say a learning-rate
@@ -191,6 +194,36 @@ def fit_prior_stage(model, config, epochs):
     return record
 
 
+def kept_prior_stage(model, shipped_weights_path, shipped_metadata_path, overrides):
+    """``--keep-prior``: instead of a new fit, the prior of the weights
+    already shipped under the tag, for a re-measurement of the same run
+    (e.g. after a fix of how a model evaluates). The shipped file must hold
+    this run's network, float16-rounded as shipping stores it, so that the
+    prior fits the codes it was fitted on; the prior's variables are copied
+    into ``model``. Returns its metadata: the earlier shipping's record."""
+    metadata = json.loads(shipped_metadata_path.read_text())
+    if "prior" not in metadata:
+        raise ShippingRefused(f"--keep-prior: {shipped_metadata_path} records no fitted prior.")
+    shipped = caps_zoo.load(metadata["model"], weights=str(shipped_weights_path), **overrides)
+    prior_ids = {id(variable) for variable in shipped.prior_variables()}
+    for mine, theirs in zip(model.weights, shipped.weights):
+        if id(theirs) in prior_ids:
+            continue
+        rounded = np.asarray(mine.numpy())
+        if np.issubdtype(rounded.dtype, np.floating):  # as save_weights stores it
+            rounded = rounded.astype("float16").astype(rounded.dtype)
+        if not np.array_equal(rounded, theirs.numpy()):
+            raise ShippingRefused(
+                f"--keep-prior: {shipped_weights_path} was not shipped from this run ({theirs.path} "
+                "differs): its prior was fitted on another network's codes. Ship without "
+                "--keep-prior to fit a prior for this one."
+            )
+    for mine, theirs in zip(model.prior_variables(), shipped.prior_variables()):
+        mine.assign(theirs)
+    return {**metadata["prior"], "kept": "by --keep-prior from the shipping measured on "
+                                         f"{metadata.get('measured_on')}: not refitted"}
+
+
 def selection_rule(config):
     """``"validation"`` if the run chose its epoch on a validation split while
     it trained, else ``"last"``: the rule is the run's, not the shipper's."""
@@ -345,6 +378,11 @@ def ship(args):
             )
 
     refuse_to_replace()  # early, before minutes of measuring; again under the lock
+    if args.keep_prior and not (args.replace and weights_path.is_file() and metadata_path.is_file()):
+        raise ShippingRefused(
+            f"--keep-prior keeps the prior of the weights shipped under '{args.tag}': it needs them "
+            f"({weights_path} and its metadata) and --replace."
+        )
     rule = selection_rule(config)
     check_select(args.select, rule, config)
     # metrics.json is written last by a finished run (caps_zoo.training). A
@@ -450,7 +488,11 @@ def stage_and_measure(args, run, staging, shipped_weights_name):
         model = caps_zoo.load(config["model"], weights=str(copy), **overrides)
     prior = {}
     if isinstance(model, GenerativeModel) and model.fits_prior:
-        prior = {"prior": fit_prior_stage(model, config, args.prior_epochs)}
+        if args.keep_prior:
+            shipped_weights, shipped_metadata = registry.pretrained_paths(config["model"], args.tag)
+            prior = {"prior": kept_prior_stage(model, shipped_weights, shipped_metadata, overrides)}
+        else:
+            prior = {"prior": fit_prior_stage(model, config, args.prior_epochs)}
     # Store float16 first, then measure what users will actually load.
     weights_path = staging / shipped_weights_name
     weights_io.save_weights(model, weights_path, dtype="float16")

@@ -47,6 +47,10 @@ def build_parser():
                              "whose weights this run started from with --init-weights at epoch 0")
     parser.add_argument("--replace", action="store_true",
                         help="replace the weights already shipped under --tag (refused without it)")
+    parser.add_argument("--keep-prior", action="store_true",
+                        help="with --replace, re-measuring the same run: keep the prior shipped in "
+                             "its weights instead of fitting a new one (checked: the shipped "
+                             "network must be this run's)")
     return parser
 
 

@@ -245,7 +245,7 @@ def test_recipe_trains_a_gan_and_selects_on_validation_l1(tmp_path):
 
 @pytest.mark.slow
 def test_shipping_a_vq_vae_fits_its_prior_and_the_shipped_model_samples(tiny_mnist, scratch_saved_models,
-                                                                        tmp_path, monkeypatch):
+                                                                        tmp_path, monkeypatch, capsys):
     import dataclasses
     import runpy
 
@@ -277,3 +277,33 @@ def test_shipping_a_vq_vae_fits_its_prior_and_the_shipped_model_samples(tiny_mni
     model = caps_zoo.load("vq_vae")
     samples = model.sample(4, seed=0)["images"]  # the prior shipped inside the weights
     assert samples.shape == (4, 28, 28, 1) and np.isfinite(samples).all()
+
+    # Measured again with the shipped prior kept: the same prior, not refitted.
+    again = [str(ship), "--run-dir", str(run), "--command", "test", "--frechet-samples", "64", "--keep-prior"]
+    monkeypatch.setattr(sys, "argv", again)
+    with pytest.raises(SystemExit):  # refused without --replace: nothing is measured
+        runpy.run_path(str(ship), run_name="__main__")
+    assert "Pass --replace" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "argv", [*again, "--replace"])
+    runpy.run_path(str(ship), run_name="__main__")
+    remeasured = json.loads((scratch_saved_models / "vq_vae" / "mnist.json").read_text())
+    assert remeasured["prior"]["code_nll_per_epoch"] == prior["code_nll_per_epoch"]
+    assert "not refitted" in remeasured["prior"]["kept"]
+    assert remeasured["test_l1_loss"] == pytest.approx(metadata["test_l1_loss"], abs=1e-6)
+    kept = caps_zoo.load("vq_vae")
+    assert any(variable is kept.prior_fitted for variable in kept.prior_variables())
+    for before, after in zip(model.prior_variables(), kept.prior_variables()):
+        np.testing.assert_array_equal(before.numpy(), after.numpy())
+    # A shipped prior fitted on another network's codes is refused before
+    # anything is replaced (here the run's selected weights changed since).
+    from caps_zoo.files import sha256_of
+    variable = kept.trained_variables()[0]
+    variable.assign(variable + 1.0)
+    caps_zoo.weights.save_weights(kept, str(run / "best.weights.npz"))
+    best = json.loads((run / "best.json").read_text())
+    (run / "best.json").write_text(json.dumps({**best, "weights_sha256": sha256_of(run / "best.weights.npz")}))
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        runpy.run_path(str(ship), run_name="__main__")
+    assert "was not shipped from this run" in capsys.readouterr().err
+    assert json.loads((scratch_saved_models / "vq_vae" / "mnist.json").read_text()) == remeasured

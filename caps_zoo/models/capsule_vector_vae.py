@@ -188,6 +188,13 @@ class BottleneckAutoencoder(GenerativeModel, LossTermsModel):
         prior = {id(variable) for variable in (self.prior.trainable_variables if self.prior else [])}
         return [variable for variable in self.trainable_variables if id(variable) not in prior]
 
+    def prior_variables(self):
+        """Every variable ``fit_prior`` sets: the code prior's, the pose
+        Gaussian's (capsule bottleneck) and the fitted flag; none without codes."""
+        if self.prior is None:
+            return []
+        return [*self.prior.weights, *(self.pose_prior.weights if self.pose_prior else []), self.prior_fitted]
+
     def encode(self, images, training=False):
         """Images to the bottleneck's outputs (a dict with ``quantized``)."""
         images = self.check_images(images)
@@ -443,6 +450,9 @@ class AdversarialAutoencoder(GenerativeModel, AdversarialModel):
     @property
     def fits_prior(self):
         return self.autoencoder.fits_prior
+
+    def prior_variables(self):
+        return self.autoencoder.prior_variables()
 
     def encode_codes(self, images, batch_size=256, verbose=0):
         return self.autoencoder.encode_codes(images, batch_size=batch_size, verbose=verbose)
