@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from caps_zoo import data, registry, training
+from caps_zoo.hardware import machine_description
 from caps_zoo import weights as weights_io
 
 ITERATIONS = (1, 2, 3, 4)
@@ -45,14 +46,23 @@ def check_base(base):
                          f"as deep_capsnet has); '{base.model}' has {stages}.")
 
 
-def run_grid(base, output_dir, iterations=ITERATIONS, test_limit=None, progress=print):
+def run_grid(base, output_dir, iterations=ITERATIONS, test_limit=None, progress=print, shard=None):
     """Train (or resume, or read back) every cell; returns the results, one
     dict per cell in row-major order (r1, then r2), and writes them to
     ``<output_dir>/results.json``. ``test_limit``: test each cell on the
-    first N test images only (quick checks; default all)."""
+    first N test images only (quick checks; default all).
+
+    ``shard=(I, N)``: one of N processes sharing the grid (one core each):
+    it trains only the cells I, I + N, ... of the row-major order, returns
+    the finished cells it can read, and leaves ``results.json`` to a run
+    without a shard (which reads every finished cell back, trains what is
+    left and writes the results and figures)."""
     iterations = tuple(int(r) for r in iterations)
     if not iterations or min(iterations) < 1:
         raise ValueError(f"iterations must be integers >= 1; got {iterations}.")
+    shard_index, shard_count = shard or (1, 1)
+    if not 1 <= shard_index <= shard_count:
+        raise ValueError(f"shard must be (I, N) with 1 <= I <= N; got {shard}.")
     check_base(base)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -64,13 +74,18 @@ def run_grid(base, output_dir, iterations=ITERATIONS, test_limit=None, progress=
         finished = (run_dir / training.METRICS).is_file()
         if finished:
             check_same_cell(config, run_dir)
+        mine = (index - 1) % shard_count == shard_index - 1
+        if not (finished or mine):
+            progress(f"[{index}/{len(cells)}] r1={r1} r2={r2}: another shard's")
+            continue
         progress(f"[{index}/{len(cells)}] r1={r1} r2={r2}: "
                  + ("finished, read back" if finished else "training"))
         if not finished:
             training.train(config)
         results.append(describe_cell(config, run_dir, test_limit))
-        training.write_json_atomically(output_dir / RESULTS, {
-            "base": dataclasses.asdict(base), "iterations": list(iterations), "cells": results})
+        if shard is None:
+            training.write_json_atomically(output_dir / RESULTS, {
+                "base": dataclasses.asdict(base), "iterations": list(iterations), "cells": results})
     return results
 
 
@@ -108,8 +123,11 @@ def describe_cell(config, run_dir, test_limit=None):
             weights_io.load_weights(model, run_dir / training.BEST_WEIGHTS)
             test_data = data.load(config.dataset, "test", batch_size=256, limit=test_limit)
             test = model.evaluate(test_data, return_dict=True, verbose=0)
+        # Measured right after the cell trained (run_grid), so this is the
+        # machine its seconds per epoch are from.
         test = {"accuracy": float(test["accuracy"]), "precision": config.precision,
-                "images": data.num_examples(config.dataset, "test", test_limit)}
+                "images": data.num_examples(config.dataset, "test", test_limit),
+                "machine": machine_description()}
         training.write_json_atomically(test_path, test)
     primary, secondary = config.routing_iterations
     return {
@@ -122,6 +140,7 @@ def describe_cell(config, run_dir, test_limit=None):
         "test_images": test["images"],
         "training_images": metrics["training_images"],
         "seconds_per_epoch": progress["train_seconds"] / progress["epochs_completed"],
+        "machine": test.get("machine", "not recorded"),
     }
 
 
@@ -164,11 +183,19 @@ def heat_map(results, key, path=None, title=None, percent=False):
 
 
 def markdown_table(results):
-    """The README's table: one row per cell."""
-    lines = ["| r1 | r2 | validation accuracy | test accuracy | seconds per epoch | epoch chosen |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    """The README's table: one row per cell, then the machines the cells
+    trained on (seconds per epoch compare only within one machine)."""
+    machines = list(dict.fromkeys(r.get("machine", "not recorded") for r in results))
+    lines = ["| r1 | r2 | validation accuracy | test accuracy | seconds per epoch | epoch chosen | machine |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
         lines.append(f"| {r['primary_iterations']} | {r['secondary_iterations']} | "
                      f"{r['validation_accuracy']:.2%} | {r['test_accuracy']:.2%} | "
-                     f"{r['seconds_per_epoch']:.0f} | {r['selected_epoch']} of {r['epochs_completed']} |")
+                     f"{r['seconds_per_epoch']:.0f} | {r['selected_epoch']} of {r['epochs_completed']} | "
+                     f"{machines.index(r.get('machine', 'not recorded')) + 1} |")
+    lines.append("")
+    lines.extend(f"Machine {number}: {machine}." for number, machine in enumerate(machines, 1))
+    if len(machines) > 1:
+        lines.append("The cells trained on different machines: their seconds per epoch are not comparable "
+                     "across machines.")
     return "\n".join(lines)

@@ -178,6 +178,18 @@ def sample_count(text):
     return value
 
 
+def shard(text):
+    """argparse type of ``--shard``: ``"I/N"`` (1 <= I <= N) as ``(I, N)``,
+    the I-th of N processes sharing one job (the routing grid's cells)."""
+    try:
+        index, count = (int(part) for part in str(text).split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be I/N with integers 1 <= I <= N (e.g. 1/2); got {text!r}") from None
+    if not 1 <= index <= count:
+        raise argparse.ArgumentTypeError(f"must be I/N with 1 <= I <= N; got {text!r}")
+    return index, count
+
+
 # What the recipes train on (multi_mnist: the capsule recipe only).
 TRAINING_DATASETS = ("mnist", "fashion_mnist", "cifar10")
 

@@ -52,7 +52,33 @@ def test_grid_trains_each_cell_and_resumes(tmp_path):
 
     assert routing_grid.heat_map(again, "test_accuracy", tmp_path / "a.png", percent=True).stat().st_size > 0
     table = routing_grid.markdown_table(again)
-    assert table.count("\n") == 5 and "| 2 | 1 |" in table
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert len(rows) == 6 and any(row.startswith("| 2 | 1 |") for row in rows)
+    assert all(row.endswith("| 1 |") for row in rows[2:])  # one machine, named under the table
+    assert "Machine 1: " in table and "not comparable" not in table
+    moved = [{**again[0], "machine": "another machine"}, *again[1:]]
+    assert "not comparable across machines" in routing_grid.markdown_table(moved)
+
+
+def test_two_shards_share_a_grid_and_an_unsharded_run_reads_them_back(tmp_path):
+    said = []
+    first = routing_grid.run_grid(base(tmp_path), tmp_path / "grid", (1, 2), test_limit=64,
+                                  progress=said.append, shard=(1, 2))
+    # Cells 1 and 3 of the row-major order: (1, 1) and (2, 1); the others are left.
+    assert [(r["primary_iterations"], r["secondary_iterations"]) for r in first] == [(1, 1), (2, 1)]
+    assert sum(s.endswith("another shard's") for s in said) == 2
+    assert not (tmp_path / "grid" / routing_grid.RESULTS).exists()  # left to the unsharded run
+    second = routing_grid.run_grid(base(tmp_path), tmp_path / "grid", (1, 2), test_limit=64,
+                                   progress=said.append, shard=(2, 2))
+    assert [(r["primary_iterations"], r["secondary_iterations"]) for r in second] == [(1, 1), (1, 2), (2, 1),
+                                                                                         (2, 2)]
+    said.clear()
+    whole = routing_grid.run_grid(base(tmp_path), tmp_path / "grid", (1, 2), test_limit=64,
+                                  progress=said.append)
+    assert all(s.endswith("read back") for s in said) and whole == second
+    assert json.loads((tmp_path / "grid" / routing_grid.RESULTS).read_text())["cells"] == whole
+    with pytest.raises(ValueError, match="1 <= I <= N"):
+        routing_grid.run_grid(base(tmp_path), tmp_path / "grid", (1, 2), shard=(3, 2))
 
 
 def test_grid_refuses_what_it_cannot_compare(tmp_path):
@@ -71,3 +97,14 @@ def test_recipe_help_names_the_grid(capsys):
     args = recipe["parse_args"](["--iterations", "1", "2", "--test-limit", "100"])
     assert args.iterations == [1, 2] and args.validation and args.model == "deep_capsnet"
     assert args.epochs == 2 and args.train_limit == 10000 and args.test_limit == 100
+
+
+@pytest.mark.parametrize("text", ["0/2", "3/2", "1", "a/b", "1/2/3"])
+def test_the_shard_option_refuses_what_is_not_i_of_n(text):
+    import argparse
+
+    from caps_zoo_options.training import shard
+
+    assert shard("2/2") == (2, 2)
+    with pytest.raises(argparse.ArgumentTypeError, match="I/N"):
+        shard(text)
