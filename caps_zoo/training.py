@@ -460,7 +460,10 @@ class BestWeights(keras.callbacks.Callback):
                 f"its validation metrics are {available}."
             )
         value = float(logs[metric])
-        if self.best is None or improves(value, self.best["value"], self.config.selection_mode):
+        excluded = self.model.reason_not_selectable()
+        if excluded:
+            print(f"epoch {epoch + 1} is not a selection candidate: {excluded}.")
+        elif self.best is None or improves(value, self.best["value"], self.config.selection_mode):
             # save_weights writes a temporary file and renames it: atomic.
             weights_io.save_weights(self.model, self.weights_path, dtype="float16")
             self.best = {
@@ -822,6 +825,10 @@ def _validation_results(evaluate, val_data, config, run_dir, best_weights):
                 "selected_epoch": epochs_done,
                 "validation": {k: float(v) for k, v in last.items()}}
     best = best_weights.best
+    if best is None:  # every epoch was excluded (ZooModel.reason_not_selectable): nothing to ship
+        return {**results, "selected_on": f"validation: {config.selection_metric} ({config.selection_mode}); "
+                                          "no epoch was a selection candidate",
+                "selected_epoch": None, "validation": None}
     return {
         **results,
         "selected_on": f"validation: {best['metric']} ({best['mode']})",

@@ -7,7 +7,9 @@ One recipe and one budget for every bottleneck (issue 12): the same data
 (4.5e-6 x batch, betas 0.5 and 0.9), seed
 and epochs; only ``--model`` changes. With ``--validation`` the epoch of the
 lowest validation L1 error ships (``best.weights.npz``); the GANs are
-selected on the same number, which their adversarial terms do not enter.
+selected on the same number, which their adversarial terms do not enter,
+among the epochs after their discriminator started (before, their weights
+are an autoencoder's: ``AdversarialAutoencoder.reason_not_selectable``).
 Run the same command again to resume.
 """
 

@@ -10,6 +10,7 @@ validation accuracy.
 """
 
 import csv
+import dataclasses
 import hashlib
 import json
 import runpy
@@ -146,6 +147,28 @@ def test_the_best_epoch_is_kept_with_its_weights(tiny_mnist, splits_read, tmp_pa
     assert not _same_weights(run_dir / "best.weights.npz", run_dir / "final.weights.npz")
     assert metrics["selected_epoch"] == 2 and metrics["stopped_early"] is None
     assert "test" not in {split for _, split, _ in splits_read}
+
+
+def test_a_gan_is_selected_only_among_epochs_after_its_discriminator_started(tiny_mnist, tmp_path, capsys):
+    small = {"encoder_config": {"channels": 8, "channel_multipliers": [1, 2]},
+             "decoder_config": {"channels": 8, "channel_multipliers": [1, 2]}, "discriminator_start": 3}
+    run_dir = tmp_path / "run"
+    # 2 steps an epoch: epoch 1 ends at step 2, before the discriminator's start at 3.
+    config = training.TrainConfig(model="cvgan", model_overrides=small, epochs=3, batch_size=32,
+                                  steps_per_epoch=2, shift_pixels=0, output_dir=str(run_dir), verbose=0,
+                                  validation=True, validation_size=VALIDATION_SIZE,
+                                  selection_metric="val_l1_loss", selection_mode="min")
+    metrics = training.train(config, callbacks=[ScriptedMetric("val_l1_loss", [0.1, 0.5, 0.7], run_dir)])
+    assert "epoch 1 is not a selection candidate: the discriminator had not started (2 of 3" in capsys.readouterr().out
+    best = training.read_best(run_dir)
+    assert (best["epoch"], best["value"]) == (2, 0.5)  # not epoch 1's lower 0.1
+    assert metrics["selected_epoch"] == 2
+    assert _same_weights(run_dir / "best.weights.npz", tmp_path / "snapshots" / "epoch_2.weights.npz")
+
+    # A run none of whose epochs is a candidate ships nothing.
+    never = training.train(dataclasses.replace(config, output_dir=str(tmp_path / "never"), epochs=1),
+                           callbacks=[ScriptedMetric("val_l1_loss", [0.1], tmp_path / "never")])
+    assert never["selected_epoch"] is None and training.read_best(tmp_path / "never") is None
 
 
 @pytest.mark.slow  # 50 s; kills and resumes are also in test_fault_injection's default run

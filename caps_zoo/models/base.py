@@ -116,6 +116,13 @@ class ZooModel(keras.Model):
         training, ``GenerativeModel.fits_prior``)."""
         return self.trainable_variables
 
+    def reason_not_selectable(self):
+        """None if model selection (``caps_zoo.training.BestWeights``) may
+        choose the weights as they are now, at the end of an epoch; else why
+        not. Always None here; a GAN whose discriminator has not started yet
+        is not yet the model its name promises (AdversarialAutoencoder)."""
+        return None
+
     def current_weight_path(self, stored_path):
         """The variable path of today's model that a weights file written by
         an earlier version stored as ``stored_path`` (relative to the model).

@@ -497,6 +497,18 @@ class AdversarialAutoencoder(GenerativeModel, AdversarialModel):
         started = ops.cast(self.optimizer.iterations, "int64") >= self.discriminator_start
         return ops.cast(started, "float32")
 
+    def reason_not_selectable(self):
+        # Before discriminator_start the weights are an autoencoder's, never
+        # trained against the discriminator: selection on reconstruction
+        # error would happily ship them as the GAN (on Fashion-MNIST, at the
+        # recipe's budget, it chose them for both GANs: the adversarial epoch
+        # raised the validation L1).
+        steps = int(self.optimizer.iterations.numpy())
+        if steps < self.discriminator_start:
+            return (f"the discriminator had not started ({steps} of {self.discriminator_start} generator "
+                    "steps): these weights never trained adversarially")
+        return None
+
     def discriminator_loss_terms(self, real_images, training):
         reconstructions = ops.stop_gradient(self.autoencoder(real_images, training=training)["reconstruction"])
         real_logits = self.discriminator(real_images, training=training)
