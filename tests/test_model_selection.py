@@ -151,15 +151,16 @@ def test_the_best_epoch_is_kept_with_its_weights(tiny_mnist, splits_read, tmp_pa
 
 def test_a_gan_is_selected_only_among_epochs_after_its_discriminator_started(tiny_mnist, tmp_path, capsys):
     small = {"encoder_config": {"channels": 8, "channel_multipliers": [1, 2]},
-             "decoder_config": {"channels": 8, "channel_multipliers": [1, 2]}, "discriminator_start": 3}
+             "decoder_config": {"channels": 8, "channel_multipliers": [1, 2]}, "discriminator_start": 2}
     run_dir = tmp_path / "run"
-    # 2 steps an epoch: epoch 1 ends at step 2, before the discriminator's start at 3.
+    # 2 steps an epoch: epoch 1 ends at step 2, whose GAN terms were still
+    # off (they count from step 3, once 2 steps are done).
     config = training.TrainConfig(model="cvgan", model_overrides=small, epochs=3, batch_size=32,
                                   steps_per_epoch=2, shift_pixels=0, output_dir=str(run_dir), verbose=0,
                                   validation=True, validation_size=VALIDATION_SIZE,
                                   selection_metric="val_l1_loss", selection_mode="min")
     metrics = training.train(config, callbacks=[ScriptedMetric("val_l1_loss", [0.1, 0.5, 0.7], run_dir)])
-    assert "epoch 1 is not a selection candidate: the discriminator had not started (2 of 3" in capsys.readouterr().out
+    assert "epoch 1 is not a selection candidate: the discriminator had not started (2 generator steps; the GAN terms count from step 3)" in capsys.readouterr().out
     best = training.read_best(run_dir)
     assert (best["epoch"], best["value"]) == (2, 0.5)  # not epoch 1's lower 0.1
     assert metrics["selected_epoch"] == 2

@@ -503,10 +503,13 @@ class AdversarialAutoencoder(GenerativeModel, AdversarialModel):
         # error would happily ship them as the GAN (on Fashion-MNIST, at the
         # recipe's budget, it chose them for both GANs: the adversarial epoch
         # raised the validation L1).
+        # A step counts its GAN terms when the steps before it reach
+        # discriminator_start (disc_factor): the first adversarial step is
+        # step discriminator_start + 1.
         steps = int(self.optimizer.iterations.numpy())
-        if steps < self.discriminator_start:
-            return (f"the discriminator had not started ({steps} of {self.discriminator_start} generator "
-                    "steps): these weights never trained adversarially")
+        if steps <= self.discriminator_start:
+            return (f"the discriminator had not started ({steps} generator steps; the GAN terms count "
+                    f"from step {self.discriminator_start + 1}): these weights never trained adversarially")
         return None
 
     def discriminator_loss_terms(self, real_images, training):
