@@ -610,13 +610,13 @@ def continuous_ae(**overrides):
     return _autoencoder("continuous_ae", "continuous", overrides)
 
 
-@register_model(paper=PAPER, pretrained=("mnist",))
+@register_model(paper=PAPER, pretrained=("mnist", "fashion_mnist"))
 def vqgan(**overrides):
     """VQGAN: vq_vae trained against a PatchGAN (hinge loss, adaptive weight)."""
     return _gan("vqgan", "vector", overrides)
 
 
-@register_model(paper=PAPER, pretrained=("mnist",))
+@register_model(paper=PAPER, pretrained=("mnist", "fashion_mnist"))
 def cvgan(**overrides):
     """CVGAN: cv_vae trained against a PatchGAN (hinge loss, adaptive weight)."""
     return _gan("cvgan", "capsule", overrides)
