@@ -1,6 +1,7 @@
 """The shipped weights load by name and reach their stated accuracy."""
 
 import keras
+import numpy as np
 import pytest
 
 import caps_zoo
@@ -29,6 +30,15 @@ def shipped_sample(metadata, binarize):
     if dataset in data.GENERATED_DATASETS:
         return data.load(dataset, "test", batch_size=250, limit=500, max_shift=metadata["max_shift"])
     return data.load(dataset, "test", batch_size=250, binarize=binarize, limit=1000)
+
+
+def best_constant_image_l1(images):
+    """The mean absolute error of the one image closest to all of ``images``
+    in L1: their per-pixel median. What an autoencoder that ignores its input
+    at best reaches."""
+    pixels = np.concatenate([np.asarray(batch[0] if isinstance(batch, tuple) else batch)
+                             for batch in images.as_numpy_iterator()])
+    return float(np.mean(np.abs(pixels - np.median(pixels, axis=0))))
 
 
 @pytest.mark.parametrize("name, tag", SHIPPED, ids=[f"{name}-{tag}" for name, tag in SHIPPED])
@@ -64,7 +74,10 @@ def test_shipped_weights_reach_stated_metrics_on_shipped_sample(name, tag):
         checked.append("bound")
     if "sample_l1_loss" in metadata:  # the CV-VAE family (autoencoders and their GANs)
         assert metrics["l1_loss"] == pytest.approx(metadata["sample_l1_loss"], abs=1e-4)
-        assert metadata["test_l1_loss"] < 0.06  # a trained model; a random init: 0.34 (cv_vae, 256 sample images)
+        # A trained model, on any dataset: well below the best constant guess,
+        # the per-pixel median of the same images (MNIST's 1,000: 0.117;
+        # Fashion-MNIST's: 0.209; a random cv_vae: 0.34 on MNIST).
+        assert metadata["test_l1_loss"] < 0.5 * best_constant_image_l1(shipped_sample(metadata, binarize))
         if "sample_code_perplexity" in metadata:  # a bottleneck with codes, counted over all 1,000
             assert metrics["code_perplexity"] == pytest.approx(metadata["sample_code_perplexity"], abs=1e-2)
             assert metrics["codes_used"] == pytest.approx(metadata["sample_codes_used"], abs=1e-6)
