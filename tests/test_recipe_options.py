@@ -81,6 +81,16 @@ def test_help_shows_defaults_and_choices(recipe, capsys):
     assert "mixed_float16" in shown and "--tensorboard" in shown
 
 
+@pytest.mark.parametrize("recipe", TRAINING_RECIPES)
+def test_seed_reaches_the_run_config(recipe):
+    """--seed (the spread between runs of one recipe); 0 when not given."""
+    from caps_zoo_options.training import config_from_args
+
+    parse = runpy.run_path(str(RECIPES / recipe))["parse_args"]
+    assert config_from_args(parse(["--seed", "100"])).seed == 100
+    assert config_from_args(parse([])).seed == 0
+
+
 def test_a_dataset_the_recipe_cannot_train_is_refused(capsys):
     parse = runpy.run_path(str(RECIPES / "train_draw.py"))["parse_args"]
     with pytest.raises(SystemExit):
