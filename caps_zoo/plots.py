@@ -35,6 +35,7 @@ neighbours come from ``caps_zoo.metrics.nearest_neighbours``.
 """
 
 import os
+import textwrap
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -74,7 +75,11 @@ def reconstruction_grid(images, reconstructions, labels, predictions, path=None,
 def finish_figure(figure, title, path, dpi=120):
     """Title and lay out ``figure``; with ``path`` save it there and return
     ``path``, else return the figure (shown inline in a notebook)."""
-    figure.suptitle(title, fontsize=9)
+    # Wrapped to the figure's width: a long title on a small figure (the
+    # routing grid's 4x4 heat maps) ran off both edges.
+    fontsize = 9
+    characters = max(20, int(figure.get_figwidth() * 72 / (0.6 * fontsize)))
+    figure.suptitle(textwrap.fill(title, characters), fontsize=fontsize)
     figure.tight_layout()
     if path is None:
         return figure

@@ -195,3 +195,21 @@ def test_nearest_neighbour_grid_writes_a_png_and_returns_a_figure(mnist, tmp_pat
         plots.nearest_neighbour_grid(samples, train, indices[:2], distances[:2])
     with pytest.raises(ValueError, match="rows of train_images"):
         plots.nearest_neighbour_grid(samples, train, indices + len(train), distances)
+
+
+def test_a_long_title_is_wrapped_inside_a_small_figure():
+    """The routing grid's heat maps (4.6 inches wide) cut their title at both edges."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(4.6, 4.0))
+    axis.imshow(np.zeros((4, 4)))
+    title = "deep_capsnet validation accuracy (%), 2 epochs of 10,000 images, seed 0"
+    plots.finish_figure(figure, title, path=None)
+    figure.canvas.draw()
+    extent = figure._suptitle.get_window_extent()
+    assert 0 <= extent.x0 and extent.x1 <= figure.bbox.width
+    assert figure._suptitle.get_text().replace("\n", " ") == title
+    plt.close(figure)
