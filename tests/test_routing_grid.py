@@ -108,3 +108,18 @@ def test_the_shard_option_refuses_what_is_not_i_of_n(text):
     assert shard("2/2") == (2, 2)
     with pytest.raises(argparse.ArgumentTypeError, match="I/N"):
         shard(text)
+
+
+def test_readme_table_is_the_committed_grid():
+    """The README's grid table is what the committed records say, row for row."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    records = root / "benchmarks" / "results" / "routing_grid_2026-12-07" / "seed_0"
+    cells = json.loads((records / "results.json").read_text())["cells"]
+    assert len(cells) == 16
+    for cell in cells:  # each row from its own cell's files
+        cell_dir = records / routing_grid.cell_name(cell["primary_iterations"], cell["secondary_iterations"])
+        assert json.loads((cell_dir / routing_grid.CELL_TEST).read_text())["accuracy"] == cell["test_accuracy"]
+    table = routing_grid.markdown_table(cells).split("\n\n")[0]
+    assert table in (root / "README.md").read_text()
