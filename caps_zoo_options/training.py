@@ -234,7 +234,8 @@ def recipe_argument_parser(description, defaults, models, datasets=TRAINING_DATA
     parser.add_argument("--steps-per-epoch", type=int, help="batches per epoch (None: the whole split)")
     parser.add_argument("--seed", type=int,
                         help="weights, data order and noise; another seed measures how far a "
-                             "figure moves between runs of the same recipe")
+                             "figure moves between runs of the same recipe (epoch k draws with "
+                             "seed + k: seeds 100 apart share no epoch's draw)")
     parser.add_argument("--init-weights", help="start from a weights file (e.g. a snapshot)")
     parser.add_argument("--initial-epoch", type=int, default=0,
                         help="with --init-weights: epochs already done (continues the LR schedule)")
