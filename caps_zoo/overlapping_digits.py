@@ -21,14 +21,27 @@ def predicted_digits(scores, digits_per_image):
 def digit_matches(scores, label_ids):
     """``(all_correct, at_least_one)``, float32 ``(batch,)`` each: whether the
     ``k`` longest classes are exactly the ``k`` labels of ``label_ids``
-    ``(batch, k)``, and whether any of them is one of the labels."""
+    ``(batch, k)``, and whether any of them is one of the labels.
+
+    Ties count as wrong: a label is among the ``k`` longest only if it is
+    strictly longer than the competing other classes. (``top_k`` would break
+    a tie toward the lower class index, so a model whose capsules all have
+    one length would be credited with every pair labelled {0, 1}.)
+    """
     label_ids = tf.cast(label_ids, tf.int32)
-    predicted = predicted_digits(scores, label_ids.shape[-1])
-    # (batch, predicted, labels): which prediction hits which label.
-    hits = tf.equal(predicted[:, :, None], label_ids[:, None, :])
-    found = tf.reduce_any(hits, axis=1)  # each label among the predictions
-    return (tf.cast(tf.reduce_all(found, axis=-1), tf.float32),
-            tf.cast(tf.reduce_any(found, axis=-1), tf.float32))
+    k = label_ids.shape[-1]
+    scores = tf.cast(scores, tf.float32)
+    is_label = tf.reduce_max(tf.one_hot(label_ids, tf.shape(scores)[-1], dtype=tf.float32), axis=1) > 0
+    inf = tf.constant(float("inf"))
+    # The k longest classes that are not labels, longest first.
+    others = tf.math.top_k(tf.where(is_label, -inf, scores), k=k).values
+    shortest_label = tf.reduce_min(tf.where(is_label, scores, inf), axis=-1)
+    longest_label = tf.reduce_max(tf.where(is_label, scores, -inf), axis=-1)
+    # All k labels are the k longest iff the shortest label beats every other
+    # class; at least one is among them iff the longest label beats the k-th
+    # longest other class.
+    return (tf.cast(shortest_label > others[:, 0], tf.float32),
+            tf.cast(longest_label > others[:, k - 1], tf.float32))
 
 
 @keras.saving.register_keras_serializable(package="caps_zoo")

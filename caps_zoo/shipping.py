@@ -130,9 +130,11 @@ def describe_reconstructions(model, dataset, folder, tag, batch_size=250):
 
 
 # MultiMNIST: the reported figure is over K = 10 fixed partners per test image
-# (100,000 pairs, Sabour et al.); the sample figure is over the K = 1 pairs of
-# the first 500 test images, which a loaded model must reproduce (checked by
-# tests/test_overlapping_digits.py on a tiny run; no multi_mnist tag ships yet).
+# (100,000 pairs, Sabour et al.). The sample figure, which a loaded model must
+# reproduce (tests/test_pretrained.py), is over the fixed pairs of
+# data.load("multi_mnist", "test", limit=500): one per image of the first 500
+# test images, partners among them too, so a draw of its own (not a subset of
+# the 100,000), built from the package's mnist_sample without a download.
 PAIR_TEST_PARTNERS = 10
 PAIR_SAMPLE_IMAGES = 500
 # Other datasets than MNIST ship no sample inside the package: the first
@@ -142,8 +144,10 @@ SAMPLE_IMAGES = 1000
 
 def describe_pairs(model, config, folder, tag, scanned_images=2000):
     """The separation figure of 8 fixed test pairs and a gallery of up to 8
-    failures among the K = 1 pairs of the first ``scanned_images`` test
-    images: ``<tag>.separation.png``, ``<tag>.failures.png``."""
+    failures, both among the fixed pairs of
+    ``data.load("multi_mnist", "test", limit=scanned_images)`` (one per
+    image, partners among the same images: a draw of its own):
+    ``<tag>.separation.png``, ``<tag>.failures.png``."""
     from caps_zoo import overlapping_digits
 
     pairs = data.load("multi_mnist", "test", batch_size=250, limit=scanned_images,

@@ -38,6 +38,33 @@ def test_pair_metric_on_constructed_scores():
     assert float(metric.result()) == pytest.approx(0.5)
 
 
+def test_ties_are_not_credited():
+    scores = np.array([
+        [0.5, 0.5, 0.5, 0.5],  # all capsules one length: no information
+        [0.9, 0.4, 0.4, 0.0],  # the second place shared by a label and another class
+        [0.9, 0.9, 0.1, 0.0],  # the labels tie with each other: fine
+        [0.3, 0.3, 0.3, 0.9],  # the label 1 ties the two other candidates for second place
+    ], "float32")
+    label_ids = np.array([[0, 1], [0, 1], [1, 0], [3, 1]])
+    both, one = overlapping_digits.digit_matches(scores, label_ids)
+    np.testing.assert_array_equal(both, [0, 0, 1, 0])
+    np.testing.assert_array_equal(one, [0, 1, 1, 1])
+
+
+def test_pair_metric_matches_a_sorting_reference_on_random_scores():
+    rng = np.random.default_rng(0)
+    scores = rng.random((500, 10)).astype("float32")
+    first = rng.integers(0, 10, 500)
+    label_ids = np.stack([first, (first + rng.integers(1, 10, 500)) % 10], axis=1)
+    top_two = np.argsort(-scores, axis=1)[:, :2]  # no ties among random floats
+    expected_both = [set(t) == set(l) for t, l in zip(top_two, label_ids)]
+    expected_one = [bool(set(t) & set(l)) for t, l in zip(top_two, label_ids)]
+    both, one = overlapping_digits.digit_matches(scores, label_ids)
+    np.testing.assert_array_equal(both, expected_both)
+    np.testing.assert_array_equal(one, expected_one)
+    assert 0 < np.mean(expected_both) < np.mean(expected_one) < 1
+
+
 def test_capsnet_at_36x36_has_sabours_parameter_count():
     # Sabour et al. Sec. 6: 11.36M parameters for MultiMNIST's CapsNet.
     model = caps_zoo.create_model("capsnet", image_shape=(36, 36, 1), digits_per_image=2)

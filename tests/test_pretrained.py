@@ -22,8 +22,9 @@ SHIPPED = [(name, tag) for name in caps_zoo.list_models(pretrained=True)
 def shipped_sample(metadata, binarize):
     """The images the shipped ``sample_*`` metrics were measured on (see
     recipes/ship_weights.py): MNIST's 1,000 shipped test images, the fixed
-    MultiMNIST pairs of the first 500 test images, or the first 1,000 test
-    images of another dataset (read from CAPS_ZOO_DATA, as CI sets it)."""
+    MultiMNIST pairs of the first 500 test images (built from those same
+    shipped images), or the first 1,000 test images of another dataset (read
+    from CAPS_ZOO_DATA, as CI sets it)."""
     dataset = metadata.get("dataset", "mnist")
     if dataset == "mnist":
         return data.load("mnist_sample", "test", batch_size=250, binarize=binarize)

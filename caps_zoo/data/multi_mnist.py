@@ -10,7 +10,8 @@
                                 # (the reconstruction targets)
 
 Built on the fly from real MNIST (``caps_zoo.data.load_arrays("mnist", ...)``,
-so from ``$CAPS_ZOO_DATA/mnist.npz`` or Keras' cache). Every element pairs a
+so from ``$CAPS_ZOO_DATA/mnist.npz`` or Keras' cache; test pairs with
+``limit`` <= 1,000 from the package's ``mnist_sample``, the same images). Every element pairs a
 *base* image (each image of the split is the base of its pairs) with a
 *partner*: another image of the same split (the same subset when ``limit``
 is given) with a different label, uniform over all such images. Each digit
@@ -195,12 +196,21 @@ def fixed_pairs(labels, split, max_shift, partners):
     return np.concatenate([base[:, None], partner[:, None], shifts], axis=1).astype(np.int64)
 
 
+# The package's mnist_sample is the first 1,000 MNIST test images.
+PACKAGED_TEST_IMAGES = 1000
+
+
 def _source_arrays(split, limit, holdout_validation, validation_size):
     from caps_zoo import data  # the package imports this module lazily
 
-    images, labels = data.load_arrays("mnist", split, holdout_validation, validation_size)
     if limit is not None:
         limit = checks.check_count("limit", limit)
+    # Test pairs among the first 1,000 test images (bases and partners) are
+    # built from the copy inside the package: the same images, no download,
+    # so the shipped MultiMNIST weights can be checked offline.
+    source = "mnist_sample" if split == "test" and limit is not None and limit <= PACKAGED_TEST_IMAGES else "mnist"
+    images, labels = data.load_arrays(source, split, holdout_validation, validation_size)
+    if limit is not None:
         images, labels = images[:limit], labels[:limit]
     return images, labels
 

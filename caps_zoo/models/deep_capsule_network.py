@@ -133,7 +133,8 @@ class CapsuleNetwork(ClassAccuracy, LossTermsModel):
                 keras.layers.Dense(units, activation="relu", name=f"hidden{index + 1}")
                 for index, units in enumerate(self.decoder_units)
             ]
-            # float32 output: the reconstruction error sums 784 squared errors.
+            # float32 output: the reconstruction error sums a squared error per
+            # pixel (784 at 28x28, 1,296 per digit at 36x36).
             + [keras.layers.Dense(pixels, activation="sigmoid", dtype="float32", name="pixels")],
             name="decoder",
         )
