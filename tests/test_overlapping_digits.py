@@ -167,13 +167,6 @@ def test_recipe_trains_and_selects_on_pairs(tmp_path, monkeypatch, capsys):
     # stated sample figure is reproduced.
     saved = tmp_path / "saved_models"
     monkeypatch.setenv("CAPS_ZOO_SAVED_MODELS", str(saved))
-    # Declare the tag that ships (no MultiMNIST weights are declared yet).
-    import dataclasses
-
-    from caps_zoo import registry
-    spec = registry.get_spec("capsnet")
-    monkeypatch.setitem(registry._REGISTRY, "capsnet",
-                        dataclasses.replace(spec, pretrained=(*spec.pretrained, "multi_mnist")))
     ship = RECIPE.parent / "ship_weights.py"
     monkeypatch.setattr(sys, "argv", [str(ship), "--run-dir", str(run_dir), "--command", "test",
                                       "--tag", "multi_mnist", "--test-limit", "20"])

@@ -322,13 +322,13 @@ DEEP_CAPSNET_CONFIG = dict(
 )
 
 
-@register_model(paper=PAPER, pretrained=("mnist", "fashion_mnist"))
+@register_model(paper=PAPER, pretrained=("mnist", "fashion_mnist", "multi_mnist"))
 def capsnet(**overrides):
     """CapsNet of Sabour et al. (2017) for 28x28 images; 8.2M parameters."""
     return build_compiled(CapsuleNetwork, "capsnet", CAPSNET_CONFIG, overrides)
 
 
-@register_model(paper=PAPER, pretrained=("mnist",))
+@register_model(paper=PAPER, pretrained=("mnist", "multi_mnist"))
 def deep_capsnet(**overrides):
     """Deep Capsule Network: two convolutions, two stages of dynamic routing."""
     return build_compiled(CapsuleNetwork, "deep_capsnet", DEEP_CAPSNET_CONFIG, overrides)
