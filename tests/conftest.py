@@ -17,13 +17,26 @@ tf.config.set_logical_device_configuration(
 )
 
 
+# Notebooks whose execution (nbmake) runs only with ``-m slow``: each
+# re-runs, in a kernel of its own, the loading, evaluation and short
+# trainings that the family's tests check in the default run (30-80 s each,
+# 270 s of the default run's 2,113 s on one core, -n 0, 2026-12-07). The
+# quickstart, the README's entry point, stays in the default run, and
+# tests/test_notebooks.py checks every notebook's committed outputs there.
+SLOW_NOTEBOOKS = {"capsule_networks.ipynb", "cvgan.ipynb", "gran.ipynb", "rcn.ipynb",
+                  "training.ipynb", "writers.ipynb"}
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """xdist ``--dist loadgroup`` (setup.cfg): every test not already in a
     group (test_model_families groups each family's checks) is grouped by
     its file, as ``loadscope`` would, so module-scoped fixtures are built
-    once. Runs before xdist's own hook, which reads the groups."""
+    once. Runs before xdist's own hook, which reads the groups, and before
+    ``-m "not slow"`` deselects (so SLOW_NOTEBOOKS are left out by it)."""
     for item in items:
+        if item.path.suffix == ".ipynb" and item.path.name in SLOW_NOTEBOOKS:
+            item.add_marker(pytest.mark.slow)
         if item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(item.path.name))
 

@@ -285,6 +285,10 @@ def test_two_workers_step_as_one_process_with_two_replicas(recipe, args, tiny_mn
     assert bool(per_replica) == (recipe == "train_gran.py")  # GRAN's batch norm; DCRW has none
 
 
+# -m slow (~55 s: two pairs of worker processes, one after the other): the
+# default run keeps the pair tests above and the single-process kills of
+# test_fault_injection.py, which resume from the same backup.
+@pytest.mark.slow
 def test_a_pair_with_a_killed_worker_resumes_from_the_last_epoch_when_restarted(tiny_mnist, start_pair,
                                                                                tmp_path):
     """The chief dies (SIGKILL) as epoch 2 of 2 begins, after epoch 1's

@@ -160,3 +160,12 @@ def test_displays_something_heuristic():
     assert not _displays_something("x = 1")
     assert not _displays_something("figure;")
     assert not _displays_something("def f():\n    return 1")
+
+
+def test_slow_notebooks_exist_and_the_quickstart_runs_by_default():
+    """conftest.SLOW_NOTEBOOKS names files: a renamed notebook must not drop
+    out of both runs unnoticed, and the quickstart stays in the default run."""
+    from conftest import SLOW_NOTEBOOKS
+
+    assert SLOW_NOTEBOOKS <= {path.name for path in NOTEBOOKS}, SLOW_NOTEBOOKS
+    assert "quickstart.ipynb" not in SLOW_NOTEBOOKS
