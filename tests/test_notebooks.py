@@ -1,6 +1,7 @@
 """The tutorials in notebooks/ are committed with their outputs.
 
-nbmake (setup.cfg) re-executes every notebook in the test run, but a reader
+nbmake (setup.cfg) re-executes the notebooks (the quickstart in the default
+test run, the others with ``-m slow``: conftest.SLOW_NOTEBOOKS), but a reader
 on GitHub sees what is committed: these checks make sure that is a complete
 run. Every code cell was executed, in order, in one kernel (execution counts
 1, 2, 3, ...); a cell that displays something (its last statement is an
